@@ -1,3 +1,26 @@
-"""smakit: Sparse Modular Activation for PyTorch."""
+"""smakit: Sparse Modular Activation for PyTorch.
+
+Route each token to the sub-modules that should run on it, compute only on those tokens,
+and scatter the gated results back.
+"""
+
+from .ops import Compacted, compress, extract
+from .routing import Routing, ThresholdRouter, TopKRouter, density_loss
+from .sma import RoutingStats, SparseModularActivation, aux_losses, sma
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Compacted",
+    "Routing",
+    "RoutingStats",
+    "SparseModularActivation",
+    "ThresholdRouter",
+    "TopKRouter",
+    "__version__",
+    "aux_losses",
+    "compress",
+    "density_loss",
+    "extract",
+    "sma",
+]

@@ -1,0 +1,98 @@
+"""SeqBoat's latent configurator: each token picks skip or one module by argmax."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import Routing, check_route_input, fp32_math, project_fp32
+
+
+class ThresholdRouter(nn.Module):
+    """Per-token choice among ``skip`` and ``num_modules`` modules (SeqBoat's router).
+
+    A linear projection gives ``1 + M`` logits; a softmax with a learned temperature
+    ``tau`` (stored as ``log tau``, initialised to ``temperature_scale * sqrt(dim)``) gives
+    the option probabilities; the argmax picks the option and the winning probability is
+    the gate on the module's output, which is how the task loss trains the router. Each token
+    decides from its own features alone, so the router is causal. Router math runs in
+    float32 under autocast.
+
+    Args:
+        dim (int): feature size of the tensor the router reads.
+        num_modules (int): number of modules ``M`` to choose among. Default: 1.
+        temperature_scale (float): initial temperature is ``temperature_scale * sqrt(dim)``.
+            Default: 1.0.
+        straight_through (bool): gate forward value 1 with the probability's gradient
+            (straight-through estimator). Default: ``False``.
+        gumbel (bool): add Gumbel noise to the logits in training (exploration).
+            Default: ``False``.
+        bias (bool): bias in the projection. Default: ``True``.
+
+    Shape:
+        - x: ``[B, L, dim]``, mask: ``[B, L]`` bool (True = real token)
+        - output: :class:`Routing` with ``active``/``gate`` ``[M, B, L]``
+
+    Examples::
+
+        >>> router = ThresholdRouter(16)
+        >>> routing = router(torch.randn(2, 7, 16))
+        >>> routing.active.shape
+        torch.Size([1, 2, 7])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_modules: int = 1,
+        temperature_scale: float = 1.0,
+        straight_through: bool = False,
+        gumbel: bool = False,
+        bias: bool = True,
+    ):
+        super().__init__()
+        if num_modules < 1:
+            raise ValueError(f"num_modules must be >= 1, got {num_modules}")
+        if temperature_scale <= 0:
+            raise ValueError(f"temperature_scale must be > 0, got {temperature_scale}")
+        self.dim, self.num_modules = dim, num_modules
+        self.temperature_scale = temperature_scale
+        self.straight_through, self.gumbel = straight_through, gumbel
+        self.proj = nn.Linear(dim, 1 + num_modules, bias=bias)
+        self.log_temperature = nn.Parameter(torch.empty(()))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.proj.reset_parameters()
+        with torch.no_grad():
+            self.log_temperature.fill_(math.log(self.temperature_scale * math.sqrt(self.dim)))
+
+    @property
+    def temperature(self) -> Tensor:
+        return self.log_temperature.exp()
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Routing:
+        check_route_input(x, mask, self.dim, "route_on")
+        logits = project_fp32(x, self.proj)  # [B, L, 1 + M]
+        with fp32_math(x.device):
+            scores = logits / self.log_temperature.float().exp()
+            if self.gumbel and self.training:
+                u = torch.rand_like(scores).clamp_(1e-9, 1 - 1e-9)
+                scores = scores - torch.log(-torch.log(u))
+            probs = scores.softmax(-1)
+            choice = probs.argmax(-1)  # [B, L]
+            if mask is not None:
+                choice = choice.masked_fill(~mask, 0)
+            options = torch.arange(1, self.num_modules + 1, device=x.device)
+            active = choice.unsqueeze(0) == options.view(-1, 1, 1)  # [M, B, L]
+            p = probs[..., 1:].permute(2, 0, 1)  # [M, B, L]
+            if self.straight_through:
+                p = 1.0 + p - p.detach()
+            gate = torch.where(active, p, 0.0)
+        return Routing(active, gate, logits, probs, None, mask)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, num_modules={self.num_modules}, temperature_scale={self.temperature_scale}, "
+                f"straight_through={self.straight_through}, gumbel={self.gumbel}")

@@ -1,0 +1,250 @@
+"""``SparseModularActivation``: route -> compress -> module -> extract.
+
+The protocol a wrapped module sees: it is called as ``module(values, **kwargs)`` with
+``values [B, K, D]`` (padded layout) or ``[N, D]`` (flat layout). When its ``forward``
+declares a parameter named
+
+* ``mask``: it receives the compacted padding mask ``[B, K]`` (True = real slot),
+* ``positions``: it receives the original index of each slot ``[B, K]`` (``-1`` on padding),
+
+and any extra ``[B, L, *]`` tensors given to :meth:`SparseModularActivation.forward` arrive
+compacted under their own names. A module that declares none of these simply gets ``values``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .ops import Compacted, compress, extract
+from .routing import Routing, ThresholdRouter, TopKRouter
+
+PROTOCOL_KWARGS = ("mask", "positions")
+
+
+def _declared(module: nn.Module) -> frozenset[str]:
+    """Names of the protocol keywords that ``module.forward`` declares."""
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return frozenset()
+    return frozenset(n for n in params if n in PROTOCOL_KWARGS)
+
+
+@dataclass
+class RoutingStats:
+    """Routing statistics of the last forward; tensors, so reading them costs no host sync.
+
+    Attributes:
+        names (list[str]): module names, in routing order.
+        ratio (Tensor): ``[M]`` fraction of real tokens each module ran on.
+        counts (Tensor): ``[M, B]`` tokens routed to each module per row.
+        active (Tensor): ``[M, B, L]`` bool decisions.
+        gate (Tensor): ``[M, B, L]`` gate values (detached).
+    """
+
+    names: list[str]
+    ratio: Tensor
+    counts: Tensor
+    active: Tensor
+    gate: Tensor
+
+    def as_dict(self) -> dict[str, float]:
+        """``{name: ratio}`` as Python floats (this one syncs)."""
+        return dict(zip(self.names, self.ratio.tolist()))
+
+
+def _make_router(router, dim: int, num_modules: int, capacity: float | None, router_kwargs: dict) -> nn.Module:
+    if isinstance(router, nn.Module):
+        if router_kwargs or capacity is not None:
+            raise ValueError("router options are given to the router instance, not to sma()")
+        return router
+    if router == "threshold":
+        if capacity is not None:
+            raise ValueError("capacity applies to router='topk'; for 'threshold' use compaction_capacity")
+        return ThresholdRouter(dim, num_modules, **router_kwargs)
+    if router == "topk":
+        return TopKRouter(dim, num_modules, capacity=0.25 if capacity is None else capacity, **router_kwargs)
+    raise ValueError(f"router must be 'threshold', 'topk' or an nn.Module router, got {router!r}")
+
+
+class SparseModularActivation(nn.Module):
+    """Run one or several modules only on the tokens a router chooses for them.
+
+    The router scores each token (from ``x`` or from ``route_on``); the tokens chosen for a
+    module are compacted in their original order, the module runs on them alone, and its
+    outputs are scattered back multiplied by the router's probability. Skipped tokens get
+    exact zeros, so ``x + sma(f)(x)`` is a Mixture-of-Depths-style skip. With several
+    modules, one router chooses among them and the outputs are summed.
+
+    Args:
+        modules (nn.Module or dict[str, nn.Module]): the module(s) to route to. Each maps
+            ``[B, K, D]`` (or ``[N, D]`` in the flat layout) to ``[..., D_out]``; all must
+            share ``D_out``.
+        dim (int): feature size of ``x``.
+        router (str or nn.Module): ``"threshold"`` (:class:`ThresholdRouter`, causal),
+            ``"topk"`` (:class:`TopKRouter`, static capacity, not causal) or a router module
+            returning :class:`Routing`. Default: ``"threshold"``.
+        capacity (float, optional): top-k fraction of each row. Default: 0.25 for top-k.
+        route_dim (int, optional): feature size of ``route_on`` when it differs from ``dim``.
+        layout (str): ``"padded"`` (``[B, K, D]`` with mask and positions, for sequence
+            modules) or ``"flat"`` (``[N, D]``, for pointwise modules). Default: ``"padded"``.
+        compaction_capacity (int, optional): fixed slots per row for the threshold router
+            (tokens beyond it are dropped), so no host sync is needed. Default: ``None``.
+        density_target (float, optional): when set, each forward stores
+            ``density_weight * routing.density_loss(density_target)`` in ``aux_loss``.
+        density_weight (float): weight of that loss. Default: 1.0.
+        backend (str): compaction backend, ``"auto"``, ``"torch"`` or ``"triton"``.
+            Default: ``"auto"``.
+        **router_kwargs: options of the router (e.g. ``straight_through=True``).
+
+    Attributes:
+        router (nn.Module): the router.
+        experts (nn.ModuleDict): the routed modules by name (``"0"`` for a single module).
+        stats (RoutingStats or None): statistics of the last forward.
+        aux_loss (Tensor or None): the density loss of the last forward, if requested.
+
+    Shape:
+        - x: ``[B, L, D]``; mask: ``[B, L]`` bool (True = real token); route_on: ``[B, L, D_r]``
+        - output: ``[B, L, D_out]``
+
+    Examples::
+
+        >>> mlp = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))
+        >>> layer = sma(mlp, dim=64, router="topk", capacity=0.25)
+        >>> x = torch.randn(2, 16, 64)
+        >>> y = x + layer(x)
+        >>> layer.stats.ratio
+        tensor([0.2500])
+    """
+
+    def __init__(
+        self,
+        modules: nn.Module | dict[str, nn.Module],
+        dim: int,
+        router: str | nn.Module = "threshold",
+        *,
+        capacity: float | None = None,
+        route_dim: int | None = None,
+        layout: str = "padded",
+        compaction_capacity: int | None = None,
+        density_target: float | None = None,
+        density_weight: float = 1.0,
+        backend: str = "auto",
+        **router_kwargs,
+    ):
+        super().__init__()
+        if isinstance(modules, nn.Module):
+            modules = {"0": modules}
+        if not isinstance(modules, dict) or not modules or not all(isinstance(m, nn.Module) for m in modules.values()):
+            raise TypeError("modules must be an nn.Module or a non-empty dict of nn.Modules")
+        if layout not in ("padded", "flat"):
+            raise ValueError(f"layout must be 'padded' or 'flat', got {layout!r}")
+        self.dim, self.layout, self.backend = dim, layout, backend
+        self.route_dim = dim if route_dim is None else route_dim
+        self.compaction_capacity = compaction_capacity
+        self.density_target, self.density_weight = density_target, density_weight
+        self.experts = nn.ModuleDict(modules)
+        self.router = _make_router(router, self.route_dim, len(modules), capacity, router_kwargs)
+        self._declared = {name: _declared(m) for name, m in self.experts.items()}
+        self.stats: RoutingStats | None = None
+        self.aux_loss: Tensor | None = None
+
+    @property
+    def module(self) -> nn.Module:
+        """The routed module, when there is exactly one."""
+        if len(self.experts) != 1:
+            raise AttributeError("this SparseModularActivation routes to several modules; use .experts")
+        return next(iter(self.experts.values()))
+
+    def _check_inputs(self, x: Tensor, mask: Tensor | None, route_on: Tensor | None, extra: dict) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a Tensor of shape [B, L, {self.dim}], got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape [B, L, {self.dim}], got {tuple(x.shape)}")
+        if route_on is not None and (not isinstance(route_on, Tensor) or route_on.dim() != 3
+                                     or tuple(route_on.shape[:2]) != tuple(x.shape[:2])):
+            shape = tuple(route_on.shape) if isinstance(route_on, Tensor) else type(route_on).__name__
+            raise ValueError(f"route_on must have shape [B, L, D_r] with [B, L] = {tuple(x.shape[:2])}, got {shape}")
+        for name, t in extra.items():
+            if not isinstance(t, Tensor) or t.dim() < 2 or tuple(t.shape[:2]) != tuple(x.shape[:2]):
+                shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"{name} must have shape [B, L, ...] with [B, L] = {tuple(x.shape[:2])}, got {shape}")
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        route_on: Tensor | None = None,
+        return_routing: bool = False,
+        **extra: Tensor,
+    ) -> Tensor | tuple[Tensor, Routing]:
+        """Route, run the module(s) on their tokens, and scatter the gated outputs back.
+
+        Args:
+            x (Tensor): ``[B, L, D]`` module input.
+            mask (Tensor, optional): ``[B, L]`` bool, True = real token; padding never
+                activates.
+            route_on (Tensor, optional): ``[B, L, D_r]`` what the router reads (default ``x``).
+            return_routing (bool): also return the :class:`Routing`. Default: ``False``.
+            **extra (Tensor): further ``[B, L, *]`` inputs, compacted like ``x`` and passed
+                to the module under the same names.
+
+        Returns:
+            Tensor ``[B, L, D_out]`` (and the :class:`Routing` when ``return_routing``).
+        """
+        self._check_inputs(x, mask, route_on, extra)
+        routing = self.router(x if route_on is None else route_on, mask)
+        capacity = routing.capacity if routing.capacity is not None else self.compaction_capacity
+        out = None
+        for m, (name, module) in enumerate(self.experts.items()):
+            packed = compress(x, routing.active[m], capacity=capacity, layout=self.layout, backend=self.backend)
+            h = module(packed.values, **self._module_kwargs(name, packed, extra))
+            y = extract(h, packed, routing.gate[m], backend=self.backend)
+            out = y if out is None else out + y
+        self._record(routing)
+        return (out, routing) if return_routing else out
+
+    def _module_kwargs(self, name: str, packed: Compacted, extra: dict) -> dict:
+        kwargs = {k: packed.compact(t, backend=self.backend) for k, t in extra.items()}
+        declared = self._declared[name]
+        if "mask" in declared:
+            kwargs["mask"] = packed.mask
+        if "positions" in declared:
+            kwargs["positions"] = packed.positions
+        return kwargs
+
+    def _record(self, routing: Routing) -> None:
+        active = routing.active
+        real = active if routing.mask is None else active & routing.mask
+        self.stats = RoutingStats(list(self.experts.keys()), routing.ratio().detach(), real.sum(-1),
+                                  active, routing.gate.detach())
+        self.aux_loss = None
+        if self.density_target is not None:
+            self.aux_loss = self.density_weight * routing.density_loss(self.density_target)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, layout={self.layout!r}, backend={self.backend!r}"
+
+
+def sma(module: nn.Module | dict[str, nn.Module], dim: int, **options) -> SparseModularActivation:
+    """Wrap ``module`` (or a dict of modules) so it runs only on routed tokens.
+
+    Shorthand for :class:`SparseModularActivation` ``(module, dim, **options)``.
+
+    Examples::
+
+        >>> layer = sma(nn.Linear(32, 32), dim=32, layout="flat")
+        >>> layer(torch.randn(3, 10, 32)).shape
+        torch.Size([3, 10, 32])
+    """
+    return SparseModularActivation(module, dim, **options)
+
+
+def aux_losses(model: nn.Module) -> Tensor | None:
+    """Sum of the ``aux_loss`` of every :class:`SparseModularActivation` in ``model`` (last forward)."""
+    losses = [m.aux_loss for m in model.modules() if isinstance(m, SparseModularActivation) and m.aux_loss is not None]
+    return torch.stack(losses).sum() if losses else None
