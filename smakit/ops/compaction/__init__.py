@@ -7,6 +7,8 @@ row movers (``naive`` / ``triton``) -> ``CompressFunction`` / ``ExtractFunction`
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -136,7 +138,7 @@ def _compress_with(x: Tensor, idx: CompactionIndex | Compacted, backend: str) ->
     feat = x.shape[2:]
     movers = _movers(backend, x.device)
     pad = ~idx.mask.reshape(-1) if idx.layout == PADDED else None
-    flat = CompressFunction.apply(x.reshape(B * L, -1), idx.scatter_index, pad, movers)
+    flat = CompressFunction.apply(x.reshape(B * L, math.prod(feat)), idx.scatter_index, pad, movers)
     if idx.layout == PADDED:
         return flat.view(B, -1, *feat)
     return flat.view(-1, *feat)
