@@ -1,0 +1,20 @@
+"""Sub-modules to compose and route: EMA, local gated attention, MLP, depthwise convolution."""
+
+from .attention import LocalGatedAttention, local_attention
+from .conv import CausalConv
+from .ema import MultiHeadEMA, fft_causal_conv
+from .mlp import MLP
+from .position import RelativePositionBias, apply_rotary, relative_bucket, rotary_frequencies
+
+__all__ = [
+    "CausalConv",
+    "LocalGatedAttention",
+    "MLP",
+    "MultiHeadEMA",
+    "RelativePositionBias",
+    "apply_rotary",
+    "fft_causal_conv",
+    "local_attention",
+    "relative_bucket",
+    "rotary_frequencies",
+]

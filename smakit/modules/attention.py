@@ -1,0 +1,299 @@
+"""Gated attention unit with exact local attention over (compacted) token order.
+
+The window is counted in slot order of the input: behind :func:`smakit.sma`, that is the
+order of the routed tokens, so the last ``window`` routed tokens may span any distance in
+the original sequence. Position information (a relative bias and rotary) uses the
+*original* positions, and everything is computed block-wise in ``O(K * window)``: the
+sequence is split into blocks of ``window`` slots and each block attends to itself and its
+neighbour block(s), masked to the exact window.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ._helpers import default, exists
+from .position import RelativePositionBias, apply_rotary, rotary_frequencies
+
+ATTENTIONS = ("softmax", "relu2")
+
+
+def _look_around(t: Tensor, before: int, after: int, fill) -> Tensor:
+    """``t [B, n, w, ...]`` -> ``[B, n, (before + 1 + after) * w, ...]``: each block with its neighbours."""
+    n = t.shape[1]
+    pad = [0, 0] * (t.dim() - 2) + [before, after]
+    tp = F.pad(t, pad, value=fill)
+    return torch.cat([tp[:, i:i + n] for i in range(before + 1 + after)], dim=2)
+
+
+def local_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: int,
+    *,
+    causal: bool,
+    mask: Tensor | None = None,
+    positions: Tensor | None = None,
+    bias: nn.Module | None = None,
+    attention: str = "softmax",
+    chunked: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Exact sliding-window (or chunked) attention in slot order, ``O(K * window)``.
+
+    A query in slot ``i`` sees keys in slots ``i - window < j <= i`` (causal) or
+    ``|i - j| <= window`` (bidirectional); with ``chunked`` it sees its own block of
+    ``window`` slots instead (causal within the block). Padding slots (``mask`` False) are
+    never attended to, and queries with no valid key return zeros.
+
+    Args:
+        q, k (Tensor): ``[B, K, S]``; v (Tensor): ``[B, K, E]``.
+        window (int): window size in slots.
+        causal (bool): causal window.
+        mask (Tensor, optional): ``[B, K]`` bool, True = real slot.
+        positions (Tensor, optional): ``[B, K]`` original positions (for ``bias`` and the span).
+        bias (nn.Module, optional): maps ``pos_q - pos_k`` to an additive score bias.
+        attention (str): ``"softmax"`` (scores scaled by ``1/sqrt(S)``) or ``"relu2"``
+            (``relu(score)^2 / window``, length-normalised as in Mega/SeqBoat).
+        chunked (bool): attend within fixed blocks instead of a sliding window.
+
+    Returns:
+        ``(out [B, K, E], span [B, K])``: the span is ``max - min + 1`` of the original
+        positions of each query's valid keys (0 for queries without keys), detached.
+    """
+    B, K, S = q.shape
+    w = window
+    device = q.device
+    mask = default(mask, torch.ones(B, K, dtype=torch.bool, device=device))
+    positions = default(positions, torch.arange(K, device=device).expand(B, K))
+    n = -(-K // w)
+    pad = n * w - K
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        mask = F.pad(mask, (0, pad), value=False)
+        positions = F.pad(positions, (0, pad), value=-1)
+    q, k, v = (rearrange(t, "b (n w) d -> b n w d", w=w) for t in (q, k, v))
+    qmask, qpos = (rearrange(t, "b (n w) -> b n w", w=w) for t in (mask, positions))
+    before, after = (0, 0) if chunked else ((1, 0) if causal else (1, 1))
+    kk, vv = _look_around(k, before, after, 0.0), _look_around(v, before, after, 0.0)
+    kmask, kpos = _look_around(qmask, before, after, False), _look_around(qpos, before, after, -1)
+
+    qi = torch.arange(n * w, device=device).view(n, w, 1)  # slot index of each query
+    kj = torch.arange(-before * w, (n + after) * w, device=device).unfold(0, (before + 1 + after) * w, w)
+    kj = kj.view(n, 1, -1)  # slot index of each key
+    if chunked:
+        allowed = kj <= qi if causal else torch.ones_like(kj <= qi)
+    elif causal:
+        allowed = (kj <= qi) & (kj > qi - w)
+    else:
+        allowed = (kj - qi).abs() <= w
+    valid = allowed & kmask.unsqueeze(2)  # [B, n, w, Kw]
+
+    scores = torch.einsum("bnis,bnjs->bnij", q, kk)
+    distance = qpos.unsqueeze(-1) - kpos.unsqueeze(-2)
+    if attention == "softmax":
+        scores = scores / math.sqrt(S)
+        if exists(bias):
+            scores = scores + bias(distance).to(scores.dtype)
+        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(-1) * valid
+    elif attention == "relu2":
+        scores = scores / math.sqrt(S)
+        if exists(bias):
+            scores = scores + bias(distance).to(scores.dtype)
+        weights = F.relu(scores).square().masked_fill(~valid, 0.0) / w
+    else:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    if dropout > 0 and training:
+        weights = F.dropout(weights, dropout, training=True)
+    out = torch.einsum("bnij,bnje->bnie", weights, vv)
+    with torch.no_grad():
+        big = torch.iinfo(kpos.dtype).max
+        kp = kpos.unsqueeze(2)
+        lo = torch.where(valid, kp, big).amin(-1)
+        hi = torch.where(valid, kp, -1).amax(-1)
+        span = torch.where(valid.any(-1), hi - lo + 1, 0)
+    out = rearrange(out, "b n w e -> b (n w) e")[:, :K]
+    span = rearrange(span, "b n w -> b (n w)")[:, :K]
+    return out, span
+
+
+class LocalGatedAttention(nn.Module):
+    """Single-head gated attention unit (GAU) with an exact local window in slot order.
+
+    From ``x [B, K, D]``: an output gate ``u = silu(x W_u)``, values ``v = silu(x W_v)`` and a
+    shared ``z = silu(x W_z)`` giving ``q = z * g_q + b_q`` and ``k = z * g_k + b_k``
+    (per-branch scale and offset). Queries and keys get rotary embeddings at their original
+    positions and the scores a learned relative bias of the log-bucketed original distance
+    (see :class:`~smakit.modules.position.RelativePositionBias`). The output is
+    ``(u * attend(q, k, v)) W_o``.
+
+    Works on its own (slots = positions) or behind :func:`smakit.sma`, which passes the
+    compacted padding ``mask`` and original ``positions``.
+
+    Args:
+        dim (int): input/output size ``D``.
+        window (int): slots each query sees (causal: the last ``window`` incl. itself;
+            bidirectional: ``window`` on each side). Default: 128.
+        qk_dim (int): size ``S`` of the shared query/key space (even). Default: 64.
+        value_dim (int, optional): size ``E`` of values and gate. Default: ``2 * dim``.
+        causal (bool): causal attention. Default: ``True``.
+        attention (str): ``"softmax"`` or ``"relu2"``. Default: ``"softmax"``.
+        chunked (bool): attend within fixed blocks of ``window`` slots (Mega-chunk) instead
+            of a sliding window. Default: ``False``.
+        rotary (bool): rotary embedding at original positions. Default: ``True``.
+        relative_bias (bool): learned relative position bias. Default: ``True``.
+        num_buckets (int): buckets of the relative bias. Default: 32.
+        max_distance (int): largest distance the buckets resolve. Default: 1024.
+        dropout (float): dropout on the attention weights. Default: 0.0.
+
+    Attributes:
+        last_span (Tensor or None): mean over real queries of the original-position span of
+            their keys (``max - min + 1``), from the last forward.
+
+    Shape:
+        - x: ``[B, K, D]``; mask: ``[B, K]`` bool; positions: ``[B, K]`` int64
+        - output: ``[B, K, D]``
+
+    Examples::
+
+        >>> gau = LocalGatedAttention(32, window=4, qk_dim=16)
+        >>> gau(torch.randn(2, 10, 32)).shape
+        torch.Size([2, 10, 32])
+        >>> layer = sma(gau, dim=32)             # attends over the last 4 *routed* tokens
+        >>> layer(torch.randn(2, 10, 32)).shape
+        torch.Size([2, 10, 32])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        window: int = 128,
+        qk_dim: int = 64,
+        value_dim: int | None = None,
+        *,
+        causal: bool = True,
+        attention: str = "softmax",
+        chunked: bool = False,
+        rotary: bool = True,
+        relative_bias: bool = True,
+        num_buckets: int = 32,
+        max_distance: int = 1024,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        if rotary and qk_dim % 2:
+            raise ValueError(f"rotary needs an even qk_dim, got {qk_dim}")
+        self.dim, self.window, self.qk_dim = dim, window, qk_dim
+        self.value_dim = default(value_dim, 2 * dim)
+        self.causal, self.attention, self.chunked = causal, attention, chunked
+        self.dropout = dropout
+        self.proj = nn.Linear(dim, 2 * self.value_dim + qk_dim)
+        self.qk_scale = nn.Parameter(torch.empty(2, qk_dim))
+        self.qk_offset = nn.Parameter(torch.empty(2, qk_dim))
+        self.out = nn.Linear(self.value_dim, dim)
+        self.bias = RelativePositionBias(num_buckets, max_distance, not causal) if relative_bias else None
+        self.register_buffer("inv_freq", rotary_frequencies(qk_dim) if rotary else None, persistent=False)
+        self.last_span: Tensor | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.proj.reset_parameters()
+        self.out.reset_parameters()
+        nn.init.normal_(self.qk_scale, 1.0, 0.02)
+        nn.init.zeros_(self.qk_offset)
+        if exists(self.bias):
+            self.bias.reset_parameters()
+
+    def _project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        u, v, z = F.silu(self.proj(x)).split([self.value_dim, self.value_dim, self.qk_dim], dim=-1)
+        q = z * self.qk_scale[0] + self.qk_offset[0]
+        k = z * self.qk_scale[1] + self.qk_offset[1]
+        if exists(self.inv_freq):
+            q, k = apply_rotary(q, positions, self.inv_freq), apply_rotary(k, positions, self.inv_freq)
+        return u, v, q, k
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        B, K, _ = x.shape
+        positions = default(positions, torch.arange(K, device=x.device).expand(B, K))
+        u, v, q, k = self._project(x, positions)
+        o, span = local_attention(q, k, v, self.window, causal=self.causal, mask=mask, positions=positions,
+                                  bias=self.bias, attention=self.attention, chunked=self.chunked,
+                                  dropout=self.dropout, training=self.training)
+        real = span > 0 if mask is None else mask
+        self.last_span = (span * real).sum() / real.sum().clamp(min=1)
+        return self.out(u * o)
+
+    # decoding
+    def init_cache(self, batch_size: int, device=None, dtype=None) -> dict[str, Tensor]:
+        """Empty cache of the last ``window`` routed tokens (causal only)."""
+        if not self.causal:
+            raise RuntimeError("decoding needs a causal LocalGatedAttention")
+        device = default(device, self.proj.weight.device)
+        dtype = default(dtype, self.proj.weight.dtype)
+        B, w = batch_size, self.window
+        return {
+            "k": torch.zeros(B, w, self.qk_dim, device=device, dtype=dtype),
+            "v": torch.zeros(B, w, self.value_dim, device=device, dtype=dtype),
+            "pos": torch.full((B, w), -1, dtype=torch.long, device=device),
+            "slot": torch.full((B, w), -1, dtype=torch.long, device=device),
+            "valid": torch.zeros(B, w, dtype=torch.bool, device=device),
+            "count": torch.zeros(B, dtype=torch.long, device=device),
+        }
+
+    def step(self, x: Tensor, position: Tensor, cache: dict[str, Tensor],
+             update: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Attend one new token to the cache, ``O(window)`` whatever the context length.
+
+        Args:
+            x (Tensor): ``[B, D]`` the new token.
+            position (Tensor): ``[B]`` int64, its original position.
+            cache (dict): from :meth:`init_cache` or a previous step.
+            update (Tensor, optional): ``[B]`` bool, rows where the token is routed here
+                (it joins the cache); other rows' outputs are meaningless and should be
+                gated to zero. Default: all rows.
+
+        Returns:
+            ``(out [B, D], cache)``.
+        """
+        B = x.shape[0]
+        update = default(update, torch.ones(B, dtype=torch.bool, device=x.device))
+        u, v, q, k = self._project(x, position)
+        slot = cache["count"]
+        new = {
+            "k": (cache["k"], k), "v": (cache["v"], v), "pos": (cache["pos"], position),
+            "slot": (cache["slot"], slot), "valid": (cache["valid"], torch.ones_like(update)),
+        }
+        nxt = {}
+        for name, (old, t) in new.items():
+            rolled = torch.cat((old[:, 1:], t.unsqueeze(1)), dim=1)
+            keep = update.view(B, *([1] * (old.dim() - 1)))
+            nxt[name] = torch.where(keep, rolled, old)
+        nxt["count"] = cache["count"] + update.long()
+        valid = nxt["valid"]
+        if self.chunked:
+            valid = valid & (nxt["slot"] // self.window == (slot // self.window).unsqueeze(1))
+        scores = torch.einsum("bs,bjs->bj", q, nxt["k"]) / math.sqrt(self.qk_dim)
+        if exists(self.bias):
+            scores = scores + self.bias(position.unsqueeze(1) - nxt["pos"]).to(scores.dtype)
+        if self.attention == "softmax":
+            weights = scores.masked_fill(~valid, torch.finfo(scores.dtype).min).softmax(-1) * valid
+        else:
+            weights = F.relu(scores).square().masked_fill(~valid, 0.0) / self.window
+        o = torch.einsum("bj,bje->be", weights, nxt["v"])
+        return self.out(u * o), nxt
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, window={self.window}, qk_dim={self.qk_dim}, value_dim={self.value_dim}, "
+                f"causal={self.causal}, attention={self.attention!r}, chunked={self.chunked}")
