@@ -1,0 +1,193 @@
+"""The SeqBoat layer: an EMA state space model that routes tokens to a local gated attention unit."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..modules import LocalGatedAttention, MultiHeadEMA
+from ..modules._helpers import default, exists
+from ..sma import sma
+
+MODES = ("sparse", "always", "none")
+
+
+class SeqBoatLayer(nn.Module):
+    """SeqBoat layer (Ren et al., 2023): EMA state representation, sparsely activated GAU.
+
+    ``h = silu(EMA(norm(x)))``; a :class:`~smakit.ThresholdRouter` reading ``h`` decides per
+    token between *skip* and the attention unit; the chosen tokens are compacted in order and
+    a :class:`~smakit.modules.LocalGatedAttention` attends over the last ``window`` *routed*
+    tokens (relative positions and rotary by original position); its outputs come back
+    multiplied by the router probability. The layer output is
+    ``silu(h W_bypass + gated_attention + x)`` (normalised after, with ``prenorm=False``).
+
+    ``mode`` gives the ablations from the same parts: ``"sparse"`` (SeqBoat), ``"always"``
+    (attention on every token, SeqBoat-full; with ``chunked=True`` Mega-chunk) and
+    ``"none"`` (EMA only).
+
+    Args:
+        dim (int): model size ``D``.
+        causal (bool): causal EMA and attention (decoder); otherwise bidirectional.
+        window (int): attention window in routed tokens (chunk size when ``chunked``).
+            Default: 128.
+        qk_dim (int): shared query/key size. Default: 64.
+        value_dim (int, optional): value/gate size of the GAU. Default: ``2 * dim``.
+        attention (str): ``"softmax"`` or ``"relu2"``. Default: ``"softmax"``.
+        mode (str): ``"sparse"``, ``"always"`` or ``"none"``. Default: ``"sparse"``.
+        chunked (bool): fixed-chunk attention instead of a sliding window. Default: ``False``.
+        ema_ndim (int): EMA state dimensions per channel. Default: 16.
+        truncation (int, optional): EMA kernel truncation. Default: ``None``.
+        prenorm (bool): normalise the input (else the output). Default: ``True``.
+        dropout (float): dropout on the EMA output and the mixed output. Default: 0.0.
+        attn_dropout (float): dropout on attention weights. Default: 0.0.
+        rotary (bool): rotary embedding at original positions. Default: ``True``.
+        relative_bias (bool): learned relative bias by original distance. Default: ``True``.
+        max_distance (int): distance the relative bias resolves. Default: 1024.
+        temperature_scale (float): router temperature init, ``scale * sqrt(D)``. Default: 1.0.
+        straight_through (bool): straight-through gate in the router. Default: ``False``.
+        density_target (float, optional): activation-ratio target for a density loss (read
+            with :func:`smakit.aux_losses`). Default: ``None``.
+
+    Attributes:
+        attn: ``sma(LocalGatedAttention)`` (sparse), the bare GAU (always) or ``None``.
+        gau (LocalGatedAttention or None): the attention unit itself.
+
+    Shape:
+        - x: ``[B, L, D]``; mask: ``[B, L]`` bool (True = real token)
+        - output: ``[B, L, D]``
+
+    Examples::
+
+        >>> layer = SeqBoatLayer(32, causal=True, window=8, qk_dim=16).eval()
+        >>> x = torch.randn(2, 20, 32)
+        >>> y = layer(x)
+        >>> state = layer.init_state(2)
+        >>> y0, state = layer.step(x[:, 0], state)
+        >>> torch.allclose(y0, y[:, 0], atol=1e-5)
+        True
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        causal: bool,
+        window: int = 128,
+        qk_dim: int = 64,
+        value_dim: int | None = None,
+        attention: str = "softmax",
+        mode: str = "sparse",
+        chunked: bool = False,
+        ema_ndim: int = 16,
+        truncation: int | None = None,
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        rotary: bool = True,
+        relative_bias: bool = True,
+        max_distance: int = 1024,
+        temperature_scale: float = 1.0,
+        straight_through: bool = False,
+        density_target: float | None = None,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.dim, self.causal, self.mode, self.prenorm = dim, causal, mode, prenorm
+        self.norm = nn.LayerNorm(dim)
+        self.ema = MultiHeadEMA(dim, ema_ndim, bidirectional=not causal, truncation=truncation)
+        self.bypass = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+        self.gau = None
+        self.attn = None
+        if mode != "none":
+            self.gau = LocalGatedAttention(dim, window, qk_dim, value_dim, causal=causal, attention=attention,
+                                           chunked=chunked, rotary=rotary, relative_bias=relative_bias,
+                                           max_distance=max_distance, dropout=attn_dropout)
+        if mode == "sparse":
+            self.attn = sma(self.gau, dim, router="threshold", temperature_scale=temperature_scale,
+                            straight_through=straight_through, density_target=density_target)
+        elif mode == "always":
+            self.attn = self.gau
+        self._ratio: Tensor | None = None
+
+    @property
+    def router(self) -> nn.Module | None:
+        return self.attn.router if self.mode == "sparse" else None
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+        self.ema.reset_parameters()
+        self.bypass.reset_parameters()
+        if exists(self.gau):
+            self.gau.reset_parameters()
+        if exists(self.router):
+            self.router.reset_parameters()
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        residual = x
+        if self.prenorm:
+            x = self.norm(x)
+        h = self.drop(F.silu(self.ema(x, mask)))
+        out = self.bypass(h)
+        if self.mode == "sparse":
+            out = out + self.attn(h, mask=mask, route_on=h)
+            self._ratio = self.attn.stats.ratio[0]
+        elif self.mode == "always":
+            out = out + self.gau(h, mask=mask)
+            self._ratio = torch.ones((), device=x.device)
+        else:
+            self._ratio = torch.zeros((), device=x.device)
+        out = F.silu(self.drop(out) + residual)
+        return out if self.prenorm else self.norm(out)
+
+    def stats(self) -> dict[str, Tensor]:
+        """``{"ratio", "span"}`` of the last forward (0-dim tensors, no host sync).
+
+        ``ratio``: fraction of real tokens the attention ran on; ``span``: mean over the
+        attending tokens of the original-position span of their keys (``max - min + 1``).
+        """
+        zero = torch.zeros(())
+        span = self.gau.last_span if exists(self.gau) and exists(self.gau.last_span) else zero
+        return {"ratio": default(self._ratio, zero), "span": span}
+
+    # decoding
+    def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
+        """Decoding state: EMA state ``[B, D, N]``, the routed-token cache and the position."""
+        if not self.causal:
+            raise RuntimeError("step() needs a causal SeqBoatLayer")
+        device = default(device, self.bypass.weight.device)
+        state = {"ema": self.ema.init_state(batch_size, device, dtype),
+                 "pos": torch.zeros(batch_size, dtype=torch.long, device=device)}
+        if exists(self.gau):
+            state["attn"] = self.gau.init_cache(batch_size, device, dtype)
+        return state
+
+    def step(self, x: Tensor, state: dict) -> tuple[Tensor, dict]:
+        """One token ``x [B, D]`` -> ``(y [B, D], state)``; ``O(window)`` time and memory.
+
+        Equals the causal :meth:`forward` at that position (in eval mode).
+        """
+        residual = x
+        if self.prenorm:
+            x = self.norm(x)
+        e, ema_state = self.ema.step(x, state["ema"])
+        h = F.silu(e)
+        out = self.bypass(h)
+        pos = state["pos"]
+        new = {"ema": ema_state, "pos": pos + 1}
+        if self.mode == "sparse":
+            routing = self.router(h.unsqueeze(1))
+            active, gate = routing.active[0, :, 0], routing.gate[0, :, 0]
+            a, new["attn"] = self.gau.step(h, pos, state["attn"], update=active)
+            out = out + torch.where(active.unsqueeze(-1), a * gate.to(a.dtype).unsqueeze(-1), 0.0)
+        elif self.mode == "always":
+            a, new["attn"] = self.gau.step(h, pos, state["attn"])
+            out = out + a
+        out = F.silu(out + residual)
+        return (out if self.prenorm else self.norm(out)), new
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, causal={self.causal}, mode={self.mode!r}, prenorm={self.prenorm}"
