@@ -72,6 +72,8 @@ class _Embed(nn.Module):
 class _RoutedStack(nn.Module):
     """Embedding, ``depth`` residual layers, final norm, pooled or per-token head."""
 
+    supports_step = False  # generation re-runs the forward on the growing sequence
+
     def __init__(self, dim, depth, vocab_size, input_dim, n_classes, lm, make_layer):
         super().__init__()
         if lm == (n_classes is not None):
