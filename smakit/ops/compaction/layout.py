@@ -30,6 +30,10 @@ class Compacted:
             (``S = B * K`` or ``N``); padding slots point at ``B * L``, one row past the end.
         seq_len (int): ``L``, the original sequence length.
         layout (str): ``"padded"`` or ``"flat"``.
+        active (Tensor or None): ``[B, L]`` bool, the tokens that got a slot (the routed
+            ones, less any dropped by ``capacity``). The Triton backend finds each token's
+            slot from it with a prefix sum. ``None`` when built by hand; it is then
+            rebuilt from ``scatter_index`` on demand (see :meth:`kept`).
     """
 
     values: Tensor
@@ -40,6 +44,7 @@ class Compacted:
     scatter_index: Tensor
     seq_len: int
     layout: str
+    active: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -58,6 +63,14 @@ class Compacted:
     def gather_index(self) -> Tensor:
         """``[S]`` flat index into ``[B * L]`` safe to gather with (padding slots read row 0)."""
         return self.scatter_index.clamp(max=max(self.batch_size * self.seq_len - 1, 0))
+
+    def kept(self) -> Tensor:
+        """``[B, L]`` bool, True for each token that has a slot."""
+        if self.active is not None:
+            return self.active
+        B, L = self.batch_size, self.seq_len
+        flags = torch.zeros(B * L + 1, dtype=torch.bool, device=self.scatter_index.device)
+        return flags.index_fill_(0, self.scatter_index, True)[: B * L].view(B, L)
 
     def compact(self, t: Tensor, backend: str = "auto") -> Tensor:
         """Compact another ``[B, L, *]`` tensor with the same pattern (differentiable).
@@ -80,6 +93,7 @@ class CompactionIndex:
     scatter_index: Tensor
     seq_len: int
     layout: str
+    active: Tensor  # [B, L] bool, tokens that got a slot (never the caller's tensor)
 
 
 def build_index(active: Tensor, capacity: int | None = None, layout: str = PADDED) -> CompactionIndex:
@@ -96,18 +110,20 @@ def build_index(active: Tensor, capacity: int | None = None, layout: str = PADDE
         if capacity is not None:
             slot = active.cumsum(1) - 1
             active = active & (slot < capacity)
+        else:
+            active = active.clone()
         scatter_index = active.reshape(-1).nonzero().squeeze(1)
         positions = scatter_index % max(L, 1)
         batch_index = scatter_index // max(L, 1)
         counts = active.sum(1)
         mask = torch.ones_like(scatter_index, dtype=torch.bool)
-        return CompactionIndex(mask, positions, counts, batch_index, scatter_index, L, FLAT)
+        return CompactionIndex(mask, positions, counts, batch_index, scatter_index, L, FLAT, active)
 
     slot = active.cumsum(1) - 1  # [B, L] slot of each active token
     if capacity is None:
         counts = active.sum(1)
         K = max(int(counts.max()) if B * L > 0 else 0, 1)
-        keep = active
+        keep = active.clone()
     else:
         K = int(capacity)
         keep = active & (slot < K)
@@ -120,4 +136,4 @@ def build_index(active: Tensor, capacity: int | None = None, layout: str = PADDE
     mask = positions >= 0
     row_start = torch.arange(B, device=device).unsqueeze(1) * L
     scatter_index = torch.where(mask, positions + row_start, B * L).reshape(-1)
-    return CompactionIndex(mask, positions, counts, None, scatter_index, L, PADDED)
+    return CompactionIndex(mask, positions, counts, None, scatter_index, L, PADDED, keep)
