@@ -1,0 +1,185 @@
+"""The documentation is tested like code.
+
+* every ```python block of every page under ``docs/`` runs: a page's blocks run in order
+  in one namespace, so a page reads (and is checked) as a tutorial; test ids are the pages;
+* every ``Examples::`` doctest of a public name (what the API pages show) runs;
+* every public name is on an API page;
+* ``mkdocs build --strict`` passes (when the ``docs`` extra is installed).
+
+Blocks that must not run (shell commands, output) use another language tag (```bash,
+```text). ``--8<-- "path"`` lines inside a python block are replaced by that file, as the
+docs build does, so included files are tested where they are shown.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<info>[^\n`]*)$")
+SNIPPET = re.compile(r"""^[ \t]*--8<--[ \t]+["']([^"']+)["'][ \t]*$""")
+RUNNABLE = {"python"}
+MISTAKES = {"py", "python3", "pycon", "ipython", "pytorch"}  # would silently not run
+PUBLIC_PACKAGES = ["smakit", "smakit.routing", "smakit.ops", "smakit.modules", "smakit.models", "smakit.data",
+                   "smakit.integrations", "smakit.train"]
+
+
+def code_blocks(text: str):
+    """``(language, first_line, code)`` for each fenced block; code dedented to its fence."""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        indent, fence = m.group("indent"), m.group("fence")
+        lang = m.group("info").strip().split(" ")[0].strip("{}.").lower()
+        body, j = [], i + 1
+        while j < len(lines) and not (lines[j].strip().startswith(fence) and lines[j].strip().strip(fence[0]) == ""):
+            line = lines[j]
+            body.append(line[len(indent):] if line.startswith(indent) else line.lstrip())
+            j += 1
+        yield lang, i + 2, "\n".join(body)
+        i = j + 1
+
+
+def expand_snippets(code: str) -> str:
+    out = []
+    for line in code.splitlines():
+        m = SNIPPET.match(line)
+        out.append((ROOT / m.group(1)).read_text().rstrip("\n") if m else line)
+    return "\n".join(out)
+
+
+def pages() -> list[Path]:
+    return sorted(DOCS.rglob("*.md"))
+
+
+def page_id(path: Path) -> str:
+    return path.relative_to(DOCS).with_suffix("").as_posix()
+
+
+def runnable_pages() -> list[Path]:
+    return [p for p in pages() if any(lang in RUNNABLE for lang, _, _ in code_blocks(p.read_text()))]
+
+
+@pytest.mark.parametrize("page", runnable_pages(), ids=page_id)
+def test_page_code_runs(page: Path, tmp_path, monkeypatch):
+    """Run the page's python blocks in order in one namespace (tracebacks point at the .md lines)."""
+    monkeypatch.chdir(tmp_path)  # pages that write files write them here
+    torch.manual_seed(0)
+    namespace = {"__name__": "__docs__"}
+    threads = torch.get_num_threads()
+    try:
+        for lang, first_line, code in code_blocks(page.read_text()):
+            if lang not in RUNNABLE:
+                continue
+            source = "\n" * (first_line - 1) + expand_snippets(code)
+            exec(compile(source, str(page), "exec"), namespace)  # noqa: S102 - the point of this test
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_no_unrunnable_python_fences():
+    """Python code is tagged ```python (which runs); other tags would skip the check silently."""
+    bad = [f"{page_id(p)}:{line - 1} ```{lang}" for p in pages() for lang, line, _ in code_blocks(p.read_text())
+           if lang in MISTAKES]
+    assert not bad, "tag Python blocks ```python so tests/test_docs.py runs them: " + ", ".join(bad)
+
+
+def public_names() -> dict[str, object]:
+    """``{"pkg.Name": obj}`` for every name in the ``__all__`` of each public package that exists."""
+    names = {}
+    for pkg in PUBLIC_PACKAGES:
+        try:
+            mod = importlib.import_module(pkg)
+        except ImportError:
+            continue
+        for name in getattr(mod, "__all__", []):
+            if not name.startswith("_"):
+                names[f"{pkg}.{name}"] = getattr(mod, name)
+    return names
+
+
+def test_every_public_name_is_on_an_api_page():
+    """Each public name is rendered by a ``::: path`` directive, or by one of its package."""
+    directives = set()
+    for page in (DOCS / "api").glob("*.md"):
+        directives |= set(re.findall(r"^::: ([\w.]+)", page.read_text(), re.MULTILINE))
+    objects = {}
+    for path in directives:
+        mod, _, attr = path.rpartition(".")
+        try:
+            objects[path] = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError, ValueError):
+            try:
+                objects[path] = importlib.import_module(path)
+            except ImportError:
+                pytest.fail(f"API page renders {path!r}, which does not exist")
+    rendered_ids = {id(o) for o in objects.values()}
+    missing = [n for n, obj in public_names().items()
+               if id(obj) not in rendered_ids and n.rpartition(".")[0] not in directives
+               and not isinstance(obj, (str, int, float, dict, tuple, list))]
+    assert not missing, "public names missing from docs/api/*.md: " + ", ".join(sorted(missing))
+
+
+def docstring_tests():
+    finder = doctest.DocTestFinder(recurse=True)
+    seen, tests = set(), []
+    for pkg in PUBLIC_PACKAGES:  # package docstrings (shown on the package's API page)
+        try:
+            mod = importlib.import_module(pkg)
+        except ImportError:
+            continue
+        tests += [t for t in doctest.DocTestFinder(recurse=False).find(mod, pkg) if t.examples]
+    for name, obj in public_names().items():
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        for t in finder.find(obj, name):
+            if t.examples:
+                tests.append(t)
+    return tests
+
+
+@pytest.mark.parametrize("test", docstring_tests(), ids=lambda t: t.name)
+def test_docstring_examples(test):
+    """The ``Examples::`` the API pages show, run as doctests (names of the object's module,
+    ``torch``, ``nn`` and smakit's top level in scope)."""
+    import smakit
+    from torch import nn
+
+    module = sys.modules.get(test.globs.get("__name__", ""))
+    globs = dict(vars(module)) if module else dict(test.globs)
+    globs.update(torch=torch, nn=nn)
+    globs.update({k: getattr(smakit, k) for k in smakit.__all__})
+    test.globs = globs
+    torch.manual_seed(0)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    out = []
+    runner.run(test, out=out.append)
+    assert not runner.failures, "".join(out)
+
+
+def test_mkdocs_build_strict(tmp_path):
+    """``mkdocs build --strict``: nav, links, cross-references and API pages all resolve."""
+    pytest.importorskip("mkdocs", reason="install the docs extra: pip install -e '.[docs]'")
+    pytest.importorskip("material", reason="install the docs extra: pip install -e '.[docs]'")
+    pytest.importorskip("mkdocstrings_handlers.python", reason="install the docs extra: pip install -e '.[docs]'")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert (tmp_path / "site" / "index.html").is_file()
