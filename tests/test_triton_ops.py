@@ -1,0 +1,189 @@
+"""Triton compaction kernels against the torch reference.
+
+On a CPU-only machine the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``,
+set by ``conftest.py`` and again here before smakit imports them), so shapes stay tiny and
+odd: every tile, chunk and ``D`` tail boundary is crossed. With a GPU the same tests run the
+compiled kernels on CUDA, plus long rows.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from smakit.ops import compact_like, compress, extract  # noqa: E402
+from smakit.ops.compaction import _resolve  # noqa: E402
+from smakit.ops.compaction import triton as kernels  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not kernels.usable_on(torch.device(DEVICE)),
+    reason="the Triton kernels were imported before TRITON_INTERPRET=1 was set",
+)
+
+# (B, L, D, kind): odd lengths, D tails, empty/full rows, B=1, L=1
+CASES = [(1, 1, 1, "full"), (1, 1, 1, "empty"), (2, 37, 5, "mixed"), (3, 19, 33, "random"), (3, 8, 1, "empty_batch")]
+IDS = [f"B{b}-L{l}-D{d}-{k}" for b, l, d, k in CASES]
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def make_active(B, L, kind, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    active = torch.rand(B, L, generator=g) < 0.5
+    if kind == "full":
+        active[:] = True
+    elif kind in ("empty", "empty_batch"):
+        active[:] = False
+    elif kind == "mixed":
+        active[0], active[-1] = False, True
+    return active.to(DEVICE)
+
+
+def randn(*shape, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(device=DEVICE, dtype=dtype)
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """``torch.empty`` / ``Tensor.new_empty`` hand out poisoned memory (NaN, a huge int,
+    True), so an output slot a kernel forgets to write fails the comparison."""
+    empty, new_empty = torch.empty, torch.Tensor.new_empty
+    junk = {torch.int64: 987654321, torch.int32: 98765, torch.uint8: 7, torch.int8: 7}
+
+    def fill(t):
+        if t.is_floating_point():
+            return t.fill_(float("nan"))
+        return t.fill_(True if t.dtype == torch.bool else junk.get(t.dtype, 7))
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: fill(new_empty(self, *a, **k)))
+
+
+def packed_fields(p):
+    return {"values": p.values, "positions": p.positions, "mask": p.mask, "counts": p.counts,
+            "scatter_index": p.scatter_index, "batch_index": p.batch_index, "kept": p.kept()}
+
+
+def assert_within_dtype_error(name, got, same_dtype_ref, fp32_ref, dtype):
+    """fp32: ~1e-5 relative. Lower precision (``dtype`` of the computation): the kernel's error
+    against the fp32 answer is at most twice the error of the same-dtype PyTorch computation
+    (plus fp32-level slack)."""
+    got, same, exact = got.float(), same_dtype_ref.float(), fp32_ref.float()
+    assert not got.isnan().any(), f"{name}: NaN (an unwritten output?)"
+    scale = exact.abs().max().item() if exact.numel() else 0.0
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-5 * max(scale, 1.0), msg=name)
+        return
+    err = (got - exact).abs().max().item() if got.numel() else 0.0
+    ref_err = (same - exact).abs().max().item() if got.numel() else 0.0
+    assert err <= 2 * ref_err + 1e-5 * scale, f"{name}: error {err:.3g} vs same-dtype PyTorch {ref_err:.3g}"
+
+
+@pytest.mark.parametrize("capacity", [None, 3], ids=["dynamic", "cap3"])
+@pytest.mark.parametrize("layout", ["padded", "flat"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("B,L,D,kind", CASES, ids=IDS)
+def test_compress_matches_reference(B, L, D, kind, dtype, layout, capacity, poison):
+    x = randn(B, L, D, dtype=dtype)
+    active = make_active(B, L, kind)
+    got = packed_fields(compress(x, active, capacity=capacity, layout=layout, backend="triton"))
+    want = packed_fields(compress(x, active, capacity=capacity, layout=layout, backend="torch"))
+    for name, w in want.items():
+        g = got[name]
+        if w is None:
+            assert g is None, name
+            continue
+        assert g.shape == w.shape and g.dtype == w.dtype, (name, g.shape, w.shape, g.dtype, w.dtype)
+        assert torch.equal(g, w), f"{name}:\n{g}\nwant\n{w}"  # a copy: bit-exact
+
+
+def run_pipeline(x, active, gate, extra, layout, capacity, backend):
+    """compress -> a toy module -> extract, plus compact_like; returns outputs and gradients."""
+    x = x.detach().requires_grad_()
+    extra = extra.detach().requires_grad_()
+    gate = gate.detach().requires_grad_() if gate is not None else None
+    packed = compress(x, active, capacity=capacity, layout=layout, backend=backend)
+    side = compact_like(extra, packed, backend=backend)  # [B, K, 3] or [N, 3]
+    h = packed.values * 1.5 + side.sum(-1, keepdim=True)
+    y = extract(h, packed, gate, backend=backend)
+    w = torch.linspace(-1, 1, y.shape[-1], device=y.device, dtype=y.dtype)
+    loss = (y.float() * w.float()).sum() + side.float().square().sum()
+    inputs = [x, extra] + ([gate] if gate is not None else [])
+    grads = torch.autograd.grad(loss, inputs)
+    out = {"y": y, "side": side, "grad_x": grads[0], "grad_extra": grads[1]}
+    if gate is not None:
+        out["grad_gate"] = grads[2]
+    return out
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["gate", "nogate"])
+@pytest.mark.parametrize("layout,capacity", [("padded", None), ("padded", 4), ("flat", None)],
+                         ids=["padded", "padded-cap4", "flat"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("B,L,D,kind", CASES[2:], ids=IDS[2:])
+def test_extract_and_gradients_match_reference(B, L, D, kind, dtype, layout, capacity, gated, poison):
+    active = make_active(B, L, kind)
+    x, extra = randn(B, L, D, dtype=dtype), randn(B, L, 3, dtype=dtype, seed=1)
+    gate = torch.rand(B, L, generator=torch.Generator().manual_seed(2)).to(DEVICE) if gated else None
+    got = run_pipeline(x, active, gate, extra, layout, capacity, "triton")
+    same = run_pipeline(x, active, gate, extra, layout, capacity, "torch")
+    exact = run_pipeline(x.float(), active, gate, extra.float(), layout, capacity, "torch")
+    for name in same:
+        assert got[name].shape == same[name].shape, name
+        assert_within_dtype_error(name, got[name], same[name], exact[name], dtype)
+    assert (got["y"][~compress(x, active, capacity=capacity, layout=layout).kept()] == 0).all()
+
+
+def test_hand_built_compacted_without_active_flags():
+    """A ``Compacted`` built without ``active`` gets its kept flags from the scatter index."""
+    B, L, D = 2, 11, 5
+    active = make_active(B, L, "mixed")
+    x = randn(B, L, D)
+    packed = compress(x, active, backend="torch")
+    packed.active = None
+    gate = torch.rand(B, L).to(DEVICE)
+    torch.testing.assert_close(extract(packed.values, packed, gate, backend="triton"),
+                               extract(packed.values, packed, gate, backend="torch"))
+    torch.testing.assert_close(compact_like(x, packed, backend="triton"), packed.values)
+
+
+def test_auto_backend_picks_torch_on_cpu_and_triton_on_cuda():
+    assert _resolve("auto", torch.device("cpu")) == "torch"
+    if torch.cuda.is_available():
+        assert _resolve("auto", torch.device("cuda")) == "triton"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        _resolve("cuda", torch.device("cpu"))
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="CPU-only behaviour")
+def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error():
+    code = ("import torch\nfrom smakit.ops import compress\n"
+            "compress(torch.randn(1, 4, 2), torch.ones(1, 4, dtype=torch.bool), backend='triton')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert "TRITON_INTERPRET=1" in proc.stderr and "CUDA tensors" in proc.stderr
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU (too slow for the interpreter)")
+@pytest.mark.parametrize("B,L,D", [(2, 131072, 8), (8, 8192, 1024), (1, 70001, 257)], ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+def test_long_rows_on_gpu(B, L, D, dtype):
+    active = torch.rand(B, L, device=DEVICE) < 0.5
+    x = torch.randn(B, L, D, device=DEVICE, dtype=dtype)
+    gate = torch.rand(B, L, device=DEVICE)
+    for layout, capacity in [("padded", None), ("padded", L // 3), ("flat", None)]:
+        got = compress(x, active, capacity=capacity, layout=layout, backend="triton")
+        want = compress(x, active, capacity=capacity, layout=layout, backend="torch")
+        for name, w in packed_fields(want).items():
+            assert w is None or torch.equal(packed_fields(got)[name], w), name
+        torch.testing.assert_close(extract(got.values, got, gate, backend="triton"),
+                                   extract(want.values, want, gate, backend="torch"))
