@@ -20,18 +20,22 @@ import numpy as np
 import pytest
 import torch
 
-import smakit.data as data
+from smakit import data
 from smakit.data import (
     ByteText,
     PixelSequence,
     SpokenDigits,
+    audio,
+    base,
     bits_per_byte,
     build_dataset,
+    images,
+    listops,
     pad_collate,
     read_idx,
     read_wav,
+    text,
 )
-from smakit.data import audio, base, images, listops, text
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
@@ -247,10 +251,10 @@ def test_wav_folder_splits_and_lengths(tmp_path):
 
     x, y = by_index["test"][0]
     assert x.shape == (250, 1) and x.dtype == torch.float32 and int(y) in (3, 7)
-    raw, _ = read_wav(sorted((root / "recordings").glob("3_ann_0.wav"))[0])
+    raw, _ = read_wav(root / "recordings" / "3_ann_0.wav")
     k = min(250, raw.shape[0])
-    first = [i for i in range(len(by_index["test"])) if by_index["test"].speakers[i] == "ann"
-             and int(by_index["test"].targets[i]) == 3][0]
+    first = next(i for i in range(len(by_index["test"])) if by_index["test"].speakers[i] == "ann"
+                 and int(by_index["test"].targets[i]) == 3)
     xs = by_index["test"][first][0][:, 0]
     assert torch.equal(xs[:k], raw[:k]) and (xs[k:] == 0).all()
     assert by_index["test"].info.input_dim == 1 and by_index["test"].info.max_len == 250
@@ -266,7 +270,7 @@ def test_wav_folder_splits_and_lengths(tmp_path):
     var = SpokenDigits("test", root=root, length=None)
     assert var.info.variable_length
     items = [var[i] for i in range(4)]
-    xb, mask, yb = pad_collate(items)
+    xb, mask, _ = pad_collate(items)
     assert xb.shape[2] == 1 and torch.equal(mask.sum(1), torch.tensor([len(it[0]) for it in items]))
     assert (xb[~mask] == 0).all()
 
@@ -296,7 +300,7 @@ def test_builder_and_collate_contracts(tmp_path):
     with pytest.raises(ValueError, match="split"):
         build_dataset("image", "dev", root=tiny_idx_root(tmp_path))
     seq_items = [(torch.tensor([1, 2, 3]), torch.tensor([2, 3, 4])), (torch.tensor([5]), torch.tensor([6]))]
-    x, mask, y = pad_collate(seq_items, pad_id=9)
+    x, _, y = pad_collate(seq_items, pad_id=9)
     assert x.tolist() == [[1, 2, 3], [5, 9, 9]] and y.tolist() == [[2, 3, 4], [6, -100, -100]]
     with pytest.raises(ValueError):
         pad_collate([])

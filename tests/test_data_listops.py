@@ -114,7 +114,7 @@ def test_read_lra_tsv(tmp_path):
     assert labels == [7, 2] and [lo.evaluate(t) for t in tokens] == labels
 
 
-SMALL = dict(num_train=60, num_val=10, num_test=10, min_len=20, max_len=80, seed=1)
+SMALL = {"num_train": 60, "num_val": 10, "num_test": 10, "min_len": 20, "max_len": 80, "seed": 1}
 
 
 def test_dataset_splits_cache_and_collate(tmp_path, monkeypatch):

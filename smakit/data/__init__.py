@@ -26,9 +26,22 @@ import torch  # noqa: F401  (used by the docstring example)
 from torch.utils.data import Dataset
 
 from .audio import SpokenDigits, read_wav
-from .base import DatasetInfo, default_cache_dir, majority_baseline, pad_collate, read_file_bytes
+from .base import (
+    DatasetInfo,
+    default_cache_dir,
+    majority_baseline,
+    pad_collate,
+    read_file_bytes,
+)
 from .images import PixelSequence, read_idx
-from .listops import ListOps, detokenize, evaluate, generate_listops, read_lra_tsv, tokenize
+from .listops import (
+    ListOps,
+    detokenize,
+    evaluate,
+    generate_listops,
+    read_lra_tsv,
+    tokenize,
+)
 from .text import ByteText, bits_per_byte, read_text_bytes
 
 DATASETS: dict[str, type[Dataset]] = {

@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 import re
 import wave
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 from pathlib import Path
@@ -34,6 +35,7 @@ VOCAB = ("<pad>",) + tuple(str(d) for d in range(10)) + tuple(f"[{op}" for op in
 VOCAB_SIZE = len(VOCAB)  # 15 symbols + pad
 _TOKEN_TO_ID = {tok: i for i, tok in enumerate(VOCAB) if i != PAD_ID}
 
+log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when the generator or the cache layout changes
 
 
@@ -215,13 +217,14 @@ def build_listops_cache(
     split a flat ``uint8`` ``tokens`` tensor, ``offsets`` ``[N + 1]`` and ``labels`` ``[N]``.
     Arguments are those of :class:`ListOps`.
     """
-    params = dict(format=_FORMAT, num_train=num_train, num_val=num_val, num_test=num_test,
-                  min_len=min_len, max_len=max_len, seed=seed)
+    params = {"format": _FORMAT, "num_train": num_train, "num_val": num_val, "num_test": num_test,
+              "min_len": min_len, "max_len": max_len, "seed": seed}
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir("listops")
     path = folder / f"listops-{digest}.pt"
     if path.exists():
         return path
+    log.info("generating ListOps %s into %s (once; the paper preset takes a few minutes)", params, path)
     tokens, labels = generate_listops(num_train + num_val + num_test, min_len, max_len, seed)
     bounds = {"train": (0, num_train), "val": (num_train, num_train + num_val),
               "test": (num_train + num_val, num_train + num_val + num_test)}
