@@ -61,13 +61,20 @@ class ThresholdRouter(nn.Module):
         self.temperature_scale = temperature_scale
         self.straight_through, self.gumbel = straight_through, gumbel
         self.proj = nn.Linear(dim, 1 + num_modules, bias=bias)
-        self.log_temperature = nn.Parameter(torch.empty(()))
+        # shape [1], not a 0-d scalar: FSDP2's fully_shard cannot shard 0-d parameters
+        self.log_temperature = nn.Parameter(torch.empty(1))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.proj.reset_parameters()
         with torch.no_grad():
             self.log_temperature.fill_(math.log(self.temperature_scale * math.sqrt(self.dim)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "log_temperature"
+        if key in state_dict and state_dict[key].dim() == 0:  # checkpoints from before the [1] shape
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def temperature(self) -> Tensor:
