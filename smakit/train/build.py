@@ -31,7 +31,8 @@ def build_model(info: DatasetInfo, model_cfg: dict) -> nn.Module:
     ``"sma_transformer"`` and ``"hybrid"`` build the routed transformers of
     :mod:`smakit.models.sma_transformer`.
     """
-    from .. import models
+    from ..models import SeqBoat
+    from ..models.sma_transformer import HybridSMA, SMATransformer
 
     cfg = dict(model_cfg)
     arch = cfg.pop("arch", "seqboat")
@@ -42,7 +43,7 @@ def build_model(info: DatasetInfo, model_cfg: dict) -> nn.Module:
         io["input_dim"] = info.input_dim
         if info.task == "lm":
             io["vocab_size"] = info.num_classes
-    builders = {"seqboat": models.SeqBoat, "sma_transformer": models.SMATransformer, "hybrid": models.HybridSMA}
+    builders = {"seqboat": SeqBoat, "sma_transformer": SMATransformer, "hybrid": HybridSMA}
     if arch not in builders:
         raise ValueError(f"model.arch must be one of {sorted(builders)}, got {arch!r}")
     return builders[arch](**io, **cfg)

@@ -217,8 +217,10 @@ class Trainer:
             out["activation"] = [sum(col) / len(col) for col in zip(*ratios)]
         return out
 
-    def train(self) -> dict:
+    def train(self, until: int | None = None) -> dict:
+        """Train to ``max_steps`` (or stop early at step ``until``, as an interruption would)."""
         cfg = self.cfg
+        last = cfg.max_steps if until is None else min(until, cfg.max_steps)
         sampler = StepBatchSampler(len(self.data["train"]), cfg.batch_size, cfg.seed, self.ctx.rank,
                                    self.ctx.world_size, start=self.step * cfg.grad_accum)
         batches = iter(self._loader("train", sampler=sampler))
@@ -227,7 +229,7 @@ class Trainer:
                    dynamic_ncols=True)
         start, tokens, window_start = time.time(), 0, time.time()
         self.model.train()
-        while self.step < cfg.max_steps:
+        while self.step < last:
             if cfg.max_minutes and time.time() - start > cfg.max_minutes * 60:
                 bar.write(f"time limit of {cfg.max_minutes} min reached at step {self.step}")
                 break
