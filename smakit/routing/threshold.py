@@ -20,6 +20,11 @@ class ThresholdRouter(nn.Module):
     decides from its own features alone, so the router is causal. Router math runs in
     float32 under autocast.
 
+    A token whose logits are not finite (NaN or inf in the router input) is skipped: it is
+    never routed and its gate is 0, so the module never sees it. No error is raised, since
+    checking would cost a host sync every step; ``probs`` stays NaN there, so a density loss
+    (and the task loss, through the residual) shows the problem.
+
     Args:
         dim (int): feature size of the tensor the router reads.
         num_modules (int): number of modules ``M`` to choose among. Default: 1.
@@ -90,8 +95,10 @@ class ThresholdRouter(nn.Module):
                 scores = scores - torch.log(-torch.log(u))
             probs = scores.softmax(-1)
             choice = probs.argmax(-1)  # [B, L]
+            skip = ~logits.isfinite().all(-1)  # NaN/inf router input: never route (no host sync)
             if mask is not None:
-                choice = choice.masked_fill(~mask, 0)
+                skip = skip | ~mask
+            choice = choice.masked_fill(skip, 0)
             options = torch.arange(1, self.num_modules + 1, device=x.device)
             active = choice.unsqueeze(0) == options.view(-1, 1, 1)  # [M, B, L]
             p = probs[..., 1:].permute(2, 0, 1)  # [M, B, L]

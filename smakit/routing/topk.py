@@ -26,6 +26,10 @@ class TopKRouter(nn.Module):
     Use it for encoders, or for decoders only with a causal approximation at inference
     (e.g. a threshold on the score); :class:`ThresholdRouter` is causal by construction.
 
+    A token whose score is not finite (NaN or inf in the router input) is never routed and its
+    gate is 0; its row may then route fewer than ``capacity`` tokens. No error is raised, since
+    checking would cost a host sync every step.
+
     Args:
         dim (int): feature size of the tensor the router reads.
         num_modules (int): number of modules, each choosing its own tokens. Default: 1.
@@ -64,13 +68,14 @@ class TopKRouter(nn.Module):
         logits = project_fp32(x, self.proj)  # [B, L, M]
         with fp32_math(x.device):
             scores = logits.permute(2, 0, 1)  # [M, B, L]
+            routable = scores.isfinite()  # NaN/inf router input: never route (no host sync)
             if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
+                routable &= mask
+            scores = scores.masked_fill(~routable, float("-inf"))
             active = torch.zeros(scores.shape, dtype=torch.bool, device=x.device)
             if L > 0:
                 active.scatter_(-1, scores.topk(k, dim=-1).indices, True)
-            if mask is not None:
-                active &= mask
+            active &= routable
             probs = logits.sigmoid()
             gate = torch.where(active, probs.permute(2, 0, 1), 0.0)
         return Routing(active, gate, logits, probs, k, mask)
