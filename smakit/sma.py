@@ -80,6 +80,11 @@ class SparseModularActivation(nn.Module):
     exact zeros, so ``x + sma(f)(x)`` is a Mixture-of-Depths-style skip. With several
     modules, one router chooses among them and the outputs are summed.
 
+    A token whose router input is NaN or inf is never routed (its output is exactly zero and
+    the module never sees it), so one bad token cannot spread through a sequence module; no
+    error is raised, which would cost a host sync every step. ``L = 0`` gives an empty output;
+    the padded layout needs ``B >= 1``.
+
     Args:
         modules (nn.Module or dict[str, nn.Module]): the module(s) to route to. Each maps
             ``[B, K, D]`` (or ``[N, D]`` in the flat layout) to ``[..., D_out]``; all must
@@ -143,6 +148,9 @@ class SparseModularActivation(nn.Module):
             raise TypeError("modules must be an nn.Module or a non-empty dict of nn.Modules")
         if layout not in ("padded", "flat"):
             raise ValueError(f"layout must be 'padded' or 'flat', got {layout!r}")
+        if compaction_capacity is not None and (isinstance(compaction_capacity, bool)
+                                                or not isinstance(compaction_capacity, int) or compaction_capacity < 1):
+            raise ValueError(f"compaction_capacity must be a positive int (slots per row), got {compaction_capacity!r}")
         self.dim, self.layout, self.backend = dim, layout, backend
         self.route_dim = dim if route_dim is None else route_dim
         self.compaction_capacity = compaction_capacity
@@ -165,6 +173,10 @@ class SparseModularActivation(nn.Module):
             raise TypeError(f"x must be a Tensor of shape [B, L, {self.dim}], got {type(x).__name__}")
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape [B, L, {self.dim}], got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}")
+        if x.shape[0] == 0 and self.layout == "padded":
+            raise ValueError(f"x has batch size 0 (shape {tuple(x.shape)}); the padded layout needs B >= 1")
         if route_on is not None and (not isinstance(route_on, Tensor) or route_on.dim() != 3
                                      or tuple(route_on.shape[:2]) != tuple(x.shape[:2])):
             shape = tuple(route_on.shape) if isinstance(route_on, Tensor) else type(route_on).__name__
