@@ -7,7 +7,8 @@
 * ``mkdocs build --strict`` passes (when the ``docs`` extra is installed).
 
 Blocks that must not run (shell commands, output) use another language tag (```bash,
-```text). ``--8<-- "path"`` lines inside a python block are replaced by that file, as the
+```text). A line ``<!-- docs-test: requires PACKAGE -->`` in a page marks the blocks after it
+as needing an optional package; without it the test stops there and is reported as skipped. ``--8<-- "path"`` lines inside a python block are replaced by that file, as the
 docs build does, so included files are tested where they are shown.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import inspect
 import os
 import re
@@ -28,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<info>[^\n`]*)$")
+REQUIRES = re.compile(r"^<!-- docs-test: requires ([\w.]+) -->\s*$")
 SNIPPET = re.compile(r"""^[ \t]*--8<--[ \t]+["']([^"']+)["'][ \t]*$""")
 RUNNABLE = {"python"}
 MISTAKES = {"py", "python3", "pycon", "ipython", "pytorch"}  # would silently not run
@@ -82,12 +85,19 @@ def test_page_code_runs(page: Path, tmp_path, monkeypatch):
     torch.manual_seed(0)
     namespace = {"__name__": "__docs__"}
     threads = torch.get_num_threads()
+    text = page.read_text()
+    requires = [(n + 1, m.group(1)) for n, line in enumerate(text.splitlines()) if (m := REQUIRES.match(line))]
+    ran = 0
     try:
-        for lang, first_line, code in code_blocks(page.read_text()):
+        for lang, first_line, code in code_blocks(text):
             if lang not in RUNNABLE:
                 continue
+            for line, package in requires:
+                if line < first_line and importlib.util.find_spec(package) is None:
+                    pytest.skip(f"{ran} blocks ran; the rest (from line {line}) needs {package}")
             source = "\n" * (first_line - 1) + expand_snippets(code)
             exec(compile(source, str(page), "exec"), namespace)  # noqa: S102 - the point of this test
+            ran += 1
     finally:
         torch.set_num_threads(threads)
 
