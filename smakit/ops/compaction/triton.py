@@ -59,13 +59,15 @@ def _target_programs(device: torch.device) -> int:
     return 6
 
 
-def _chunking(B: int, L: int, device: torch.device) -> tuple[int, int]:
+def _chunking(B: int, L: int, device: torch.device, row_bytes: int) -> tuple[int, int]:
     """``(CHUNK, NUM_CHUNKS)``: tokens per program along a row, and programs per row.
 
     Each program re-reads its row's ``active`` flags (``L`` bytes, from L2) to find its first
-    slot, so rows are split only as far as needed to fill the device.
+    slot, so rows are split only as far as needed to fill the device, and no further than
+    keeps those re-reads a small fraction of the feature bytes (``row_bytes`` per token).
     """
     per_row = max(1, -(-_target_programs(device) // max(B, 1)))
+    per_row = min(per_row, max(8, row_bytes // 4))
     chunk = max(-(-L // per_row), 1)
     if device.type == "cuda":
         chunk = max(chunk, 64)
@@ -264,8 +266,8 @@ def compress_fwd(x: Tensor, active: Tensor, capacity: int, flat: bool) -> tuple[
         if capacity:
             counts = counts.clamp_(max=capacity)
         row_start = _row_start(counts)
-        S = K = int(counts.sum())  # host sync: N
-        K = capacity if capacity else max(L, 1)
+        S = int(counts.sum())  # host sync: N
+        K = capacity if capacity else max(L, 1)  # per-row cap
         lead = (S,)
     else:
         K = capacity if capacity else max(int(active.sum(1).max()) if B * L else 0, 1)  # host sync
@@ -278,7 +280,7 @@ def compress_fwd(x: Tensor, active: Tensor, capacity: int, flat: bool) -> tuple[
     kept = torch.empty(B, L, dtype=torch.bool, device=dev)
     counts_out = torch.zeros(B, dtype=torch.int64, device=dev)
     if B * L > 0:
-        chunk, num_chunks = _chunking(B, L, dev)
+        chunk, num_chunks = _chunking(B, L, dev, D * x.element_size())
         _compress_fwd_kernel[(B * num_chunks,)](
             x, _bytes(active), row_start if flat else counts_out,
             values, positions, _bytes(mask), scatter, batch, _bytes(kept), counts_out,
@@ -303,7 +305,7 @@ def scatter_rows(src: Tensor, kept: Tensor, counts: Tensor, K: int, flat: bool, 
     dst = src.new_empty(B * L, D)
     if B * L == 0 or D == 0:
         return dst.zero_()
-    chunk, num_chunks = _chunking(B, L, src.device)
+    chunk, num_chunks = _chunking(B, L, src.device, D * src.element_size())
     row_start = _row_start(counts) if flat else counts
     _scatter_rows_kernel[(B * num_chunks,)](
         src, _bytes(kept.contiguous()), row_start, gate.contiguous() if gate is not None else src, dst,
@@ -325,9 +327,7 @@ def gather_rows(
     src = src.contiguous()
     dst = src.new_empty(S, D)
     grad_gate = torch.zeros(rows, dtype=torch.float32, device=src.device) if h is not None else None
-    if S == 0:
-        return dst, grad_gate
-    if D == 0:
+    if S == 0 or D == 0:
         return dst, grad_gate
     if h is not None:
         h = h.reshape(S, D).contiguous()
