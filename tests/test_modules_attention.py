@@ -151,3 +151,22 @@ def test_bad_arguments():
         LocalGatedAttention(8, 0, 4)
     with pytest.raises(RuntimeError):
         LocalGatedAttention(8, 4, 4, causal=False).init_cache(1)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("attention", ["softmax", "relu2"])
+def test_gradients_match_dense_reference(causal, attention):
+    torch.manual_seed(7)
+    gau = LocalGatedAttention(8, 3, 4, causal=causal, attention=attention).double()
+    mask = torch.arange(10) < torch.tensor([[10], [7]])
+    positions = torch.where(mask, torch.arange(10) * 2, -1)
+    x = (torch.randn(2, 10, 8, dtype=torch.float64) * mask[..., None]).requires_grad_(True)
+    w = torch.randn(2, 10, 8, dtype=torch.float64) * mask[..., None]
+    grads = []
+    for fn in (lambda: gau(x, mask=mask, positions=positions), lambda: dense_reference(gau, x, mask, positions)):
+        gau.zero_grad()
+        x.grad = None
+        (fn() * w).sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in gau.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
