@@ -1,11 +1,17 @@
 """MkDocs hooks: put the committed benchmark results on the Benchmarks page.
 
+* ``<!-- recipes-table -->`` becomes a table of every recipe in ``recipes/`` (name,
+  description, data, model, the command), each linked to the section of its page
+  (``recipes/<page>.md#<name>``, the page chosen by the recipe's dataset). A recipe whose
+  dataset has no page, or whose page has no section for it, fails the strict build.
 * Every image under ``benchmarks/results/`` is published at ``benchmarks/results/<name>``,
   so pages link to the plots the scripts wrote, not to copies.
 * A line ``<!-- results: NAME -->`` in a page is replaced by
   ``benchmarks/results/NAME.md`` (its title dropped, its headings moved one level down),
   followed by the date and commit of the last change to that file and its plot when there
   is one. A missing results file is a build warning, so ``mkdocs build --strict`` fails.
+  ``<!-- results-optional: NAME -->`` says how to produce a missing file instead (results
+  that need a GPU, or hours).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-MARKER = re.compile(r"^<!-- results: ([\w.-]+) -->\s*$", re.MULTILINE)
+MARKER = re.compile(r"^<!-- results(?P<optional>-optional)?: (?P<name>[\w.-]+) -->\s*$", re.MULTILINE)
 IMAGES = (".png", ".svg")
 log = logging.getLogger("mkdocs.hooks.smakit")
 
@@ -49,8 +55,11 @@ def _demote(markdown: str) -> str:
     return "\n".join("#" + line if line.startswith("#") else line for line in lines).strip()
 
 
-def _results(name: str, page) -> str:
+def _results(name: str, optional: bool, page) -> str:
     table = RESULTS / f"{name}.md"
+    if not table.is_file() and optional:
+        return (f'!!! note "Not measured yet"\n    Run `python benchmarks/{name}.py` to produce '
+                f"`benchmarks/results/{name}.md`; this page shows it on the next build.")
     if not table.is_file():
         log.warning("%s: benchmarks/results/%s.md not found", page.file.src_uri, name)
         return f"*Results `{name}` not found.*"
@@ -60,9 +69,34 @@ def _results(name: str, page) -> str:
              f"last updated {_last_change(table)}.*"]
     for ext in IMAGES:
         if (RESULTS / f"{name}{ext}").is_file():
-            parts += ["", f"![{name}]({prefix}benchmarks/results/{name}{ext}){{ width=\"520\" }}"]
+            parts += ["", f"![{name}]({prefix}benchmarks/results/{name}{ext})"]
     return "\n".join(parts)
 
 
+RECIPES_MARKER = "<!-- recipes-table -->"
+RECIPE_PAGES = {"listops": "seqboat-listops", "text": "seqboat-charlm", "image": "seqboat-image",
+                "audio": "seqboat-audio"}
+
+
+def _recipes_table(page) -> str:
+    from smakit.train import list_recipes, load_recipe
+
+    rows = ["| recipe | what | model (cpu preset) | command |", "|---|---|---|---|"]
+    for name, description in list_recipes().items():
+        recipe = load_recipe(name, "cpu")
+        data = recipe.data.get("name", "?")
+        target = RECIPE_PAGES.get(data)
+        if target is None:
+            log.warning("%s: recipe %s trains on %r, which has no recipe page", page.file.src_uri, name, data)
+            continue
+        model = recipe.model.get("variant") or recipe.model.get("arch", "?")
+        size = f"{model}, dim {recipe.model.get('dim', '?')}, depth {recipe.model.get('depth', '?')}"
+        link = f"[`{name}`]({target}.md#{name})"
+        rows.append(f"| {link} | {description.replace('|', '/')} | {size} | `smakit train {name} --out runs/{name}` |")
+    return "\n".join(rows)
+
+
 def on_page_markdown(markdown, page, config, files):
-    return MARKER.sub(lambda m: _results(m.group(1), page), markdown)
+    if RECIPES_MARKER in markdown:
+        markdown = markdown.replace(RECIPES_MARKER, _recipes_table(page))
+    return MARKER.sub(lambda m: _results(m.group("name"), bool(m.group("optional")), page), markdown)
