@@ -96,21 +96,16 @@ def local_attention(
         allowed = (kj - qi).abs() <= w
     valid = allowed & kmask.unsqueeze(2)  # [B, n, w, Kw]
 
-    scores = torch.einsum("bnis,bnjs->bnij", q, kk)
-    distance = qpos.unsqueeze(-1) - kpos.unsqueeze(-2)
-    if attention == "softmax":
-        scores = scores / math.sqrt(S)
-        if exists(bias):
-            scores = scores + bias(distance).to(scores.dtype)
-        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
-        weights = scores.softmax(-1) * valid
-    elif attention == "relu2":
-        scores = scores / math.sqrt(S)
-        if exists(bias):
-            scores = scores + bias(distance).to(scores.dtype)
-        weights = F.relu(scores).square().masked_fill(~valid, 0.0) / w
-    else:
+    if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    scores = torch.einsum("bnis,bnjs->bnij", q, kk) / math.sqrt(S)
+    if exists(bias):
+        scores = scores + bias(qpos.unsqueeze(-1) - kpos.unsqueeze(-2)).to(scores.dtype)
+    if attention == "softmax":
+        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(-1) * valid.any(-1, keepdim=True)  # a query without keys gets zeros
+    else:
+        weights = F.relu(scores).square().masked_fill(~valid, 0.0) / w
     if dropout > 0 and training:
         weights = F.dropout(weights, dropout, training=True)
     out = torch.einsum("bnij,bnje->bnie", weights, vv)

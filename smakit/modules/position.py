@@ -84,8 +84,9 @@ class RelativePositionBias(nn.Module):
         nn.init.normal_(self.weight, 0.0, 0.02)
 
     def forward(self, distance: Tensor) -> Tensor:
-        bucket = relative_bucket(distance, self.num_buckets, self.max_distance, self.bidirectional)
-        return self.weight[bucket]
+        with torch.no_grad():
+            bucket = relative_bucket(distance, self.num_buckets, self.max_distance, self.bidirectional)
+        return self.weight[bucket.int()]  # int32 index: half the memory kept for backward
 
     def extra_repr(self) -> str:
         return f"num_buckets={self.num_buckets}, max_distance={self.max_distance}, bidirectional={self.bidirectional}"
