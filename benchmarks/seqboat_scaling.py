@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import resource
 import statistics
 import time
 
@@ -63,20 +64,24 @@ def peak_rss_mib(fn) -> float:
     return (_status_kib("VmHWM") - base) / 1024
 
 
-def median_ms(fn, repeats: int) -> tuple[float, float]:
-    """Median ``(wall, cpu)`` milliseconds of ``fn()`` after a warm-up run.
+def median_ms(fn, repeats: int) -> tuple[float, float, float]:
+    """Median ``(wall, cpu, sys)`` milliseconds of ``fn()`` after a warm-up run.
 
-    CPU time (``time.process_time``: user + system of this process) is what one thread
-    costs even when other jobs share the cores, where wall time also counts waiting.
+    CPU time (user + system of this process) is what one thread costs even when other jobs
+    share the cores, where wall time also counts waiting. System time is mostly page faults
+    on memory the allocator got fresh from the kernel (glibc maps blocks over its mmap
+    threshold, at most 32 MiB, anew on each allocation).
     """
     fn()  # warm-up
-    wall, cpu = [], []
+    wall, cpu, sys_ = [], [], []
     for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         fn()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
         wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
+        cpu.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+        sys_.append(r1.ru_stime - r0.ru_stime)
+    return tuple(statistics.median(v) * 1e3 for v in (wall, cpu, sys_))
 
 
 def make_layer(variant: str, dim: int, window: int, causal: bool = True):
@@ -94,10 +99,10 @@ def fwd_bwd(layer, B: int, L: int, dim: int, repeats: int) -> dict:
         x.grad = None
         layer(x).sum().backward()
 
-    ms, cpu_ms = median_ms(run, repeats)
+    ms, cpu_ms, sys_ms = median_ms(run, repeats)
     mem = peak_rss_mib(run)
     stats = layer.stats()
-    return {"L": L, "ms": ms, "cpu_ms": cpu_ms, "peak_mib": mem, "ratio": float(stats["ratio"]), "span": float(stats["span"])}
+    return {"L": L, "ms": ms, "cpu_ms": cpu_ms, "sys_ms": sys_ms, "peak_mib": mem, "ratio": float(stats["ratio"]), "span": float(stats["span"])}
 
 
 @torch.no_grad()
@@ -146,7 +151,7 @@ def main():
     for L in lengths:
         r = fwd_bwd(layer, B, L, D, repeats=3 if L <= 8192 else 2)
         scaling.append(r)
-        print(f"  L={L:6d}  {r['ms']:9.1f} ms (cpu {r['cpu_ms']:9.1f})  peak {r['peak_mib']:8.1f} MiB  ratio {r['ratio']:.2f}  span {r['span']:.1f}")
+        print(f"  L={L:6d}  {r['ms']:9.1f} ms (cpu {r['cpu_ms']:9.1f}, sys {r['sys_ms']:8.1f})  peak {r['peak_mib']:8.1f} MiB  ratio {r['ratio']:.2f}  span {r['span']:.1f}")
 
     print(f"decode: per-token step time (B={B})")
     decode = decode_ms(make_layer("seqboat", D, W), B, D, contexts, decode_steps)
@@ -175,10 +180,10 @@ def main():
     table = [f"# SeqBoat layer scaling (CPU, float32)\n",
              f"{payload['machine']['device']}, torch {payload['machine']['torch']}, commit {payload['machine']['commit']}; "
              f"D={D}, B={B}, window={W}, causal, one layer, fwd+bwd.\n",
-             markdown_table(["L", "wall ms", "x vs first", "CPU ms", "x vs first", "peak MiB", "x vs first",
-                             "attn ratio", "avg span"],
+             markdown_table(["L", "wall ms", "x vs first", "CPU ms", "x vs first", "of which sys ms", "peak MiB",
+                             "x vs first", "attn ratio", "avg span"],
                             [[r["L"], r["ms"], r["ms"] / first["ms"], r["cpu_ms"], r["cpu_ms"] / first["cpu_ms"],
-                              r["peak_mib"], r["peak_mib"] / first["peak_mib"], r["ratio"], r["span"]] for r in scaling]),
+                              r["sys_ms"], r["peak_mib"], r["peak_mib"] / first["peak_mib"], r["ratio"], r["span"]] for r in scaling]),
              f"\nDecode (step, B={B}): " + ", ".join(f"{d['ms']:.3f} ms/token wall ({d['cpu_ms']:.3f} CPU) after {n}"
                                                      for n, d in decode.items())
              + f"; ratio {payload['decode_ratio']:.2f}x wall, {payload['decode_cpu_ratio']:.2f}x CPU.\n",
