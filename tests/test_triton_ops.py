@@ -142,6 +142,19 @@ def test_extract_and_gradients_match_reference(B, L, D, kind, dtype, layout, cap
     assert (got["y"][~compress(x, active, capacity=capacity, layout=layout).kept()] == 0).all()
 
 
+@pytest.mark.parametrize("layout", ["padded", "flat"])
+def test_fp16(layout, poison):
+    B, L, D, kind = CASES[2]
+    active = make_active(B, L, kind)
+    x, extra = randn(B, L, D, dtype=torch.float16), randn(B, L, 3, dtype=torch.float16, seed=1)
+    gate = torch.rand(B, L, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    got = run_pipeline(x, active, gate, extra, layout, None, "triton")
+    same = run_pipeline(x, active, gate, extra, layout, None, "torch")
+    exact = run_pipeline(x.float(), active, gate, extra.float(), layout, None, "torch")
+    for name in same:
+        assert_within_dtype_error(name, got[name], same[name], exact[name], torch.float16)
+
+
 def test_hand_built_compacted_without_active_flags():
     """A ``Compacted`` built without ``active`` gets its kept flags from the scatter index."""
     B, L, D = 2, 11, 5
