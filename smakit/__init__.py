@@ -6,6 +6,7 @@ and scatter the gated results back.
 
 from .ops import Compacted, compress, extract
 from .routing import Routing, ThresholdRouter, TopKRouter, density_loss
+from .integrations import sma_wrap
 from .sma import RoutingStats, SparseModularActivation, aux_losses, sma
 
 __version__ = "0.1.0"
@@ -23,4 +24,5 @@ __all__ = [
     "density_loss",
     "extract",
     "sma",
+    "sma_wrap",
 ]
