@@ -25,7 +25,7 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-MARKER = re.compile(r"^<!-- results(?P<optional>-optional)?: (?P<name>[\w.-]+) -->\s*$", re.MULTILINE)
+MARKER = re.compile(r"^<!-- results(?P<optional>-optional)?: (?P<name>[\w.-]+) -->[ \t]*$", re.MULTILINE)
 IMAGES = (".png", ".svg")
 log = logging.getLogger("mkdocs.hooks.smakit")
 

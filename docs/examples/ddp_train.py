@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 # torchrun sets these; run alone, this process is a group of one
-for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+alone = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+for key, value in alone.items():
     os.environ.setdefault(key, value)
 os.environ.setdefault("MASTER_PORT", str(free_port()))
 
@@ -35,15 +36,17 @@ dist.init_process_group("nccl" if cuda else "gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 
 torch.manual_seed(0)  # the same initial weights on every rank
-model = SeqBoat(vocab_size=16, n_classes=4, dim=32, depth=2, window=8, qk_dim=16, density_target=0.3).to(device)
-ddp = DDP(model, device_ids=[local_rank] if cuda else None)  # no find_unused_parameters needed
+model = SeqBoat(vocab_size=16, n_classes=4, dim=32, depth=2, window=8, qk_dim=16,
+                density_target=0.3).to(device)
+# no find_unused_parameters needed
+ddp = DDP(model, device_ids=[local_rank] if cuda else None)
 opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
 
 data = torch.Generator().manual_seed(1000 + rank)  # each rank draws its own batches
 for step in range(5):
     inputs = torch.randint(1, 16, (8, 64), generator=data)
     lengths = torch.randint(1, 65, (8,), generator=data)
-    mask = torch.arange(64) < lengths[:, None]  # padded rows; a short row may route nothing
+    mask = torch.arange(64) < lengths[:, None]  # padded; a short row may route nothing
     target = inputs[:, 0] % 4
     logits = ddp(inputs.to(device), mask.to(device))
     loss = F.cross_entropy(logits, target.to(device)) + model.aux_loss()
@@ -52,5 +55,6 @@ for step in range(5):
     opt.step()
 
 if rank == 0:
-    print(f"{world} process(es), loss {loss.item():.3f}, attention ratio per layer {model.routing_stats()['ratio']}")
+    ratios = model.routing_stats()["ratio"]
+    print(f"{world} process(es), loss {loss.item():.3f}, attention ratios {ratios}")
 dist.destroy_process_group()
