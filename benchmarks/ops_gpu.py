@@ -130,6 +130,7 @@ def ref_extract(h, scatter_index, mask, gate):
 _COMPILED = {}
 # backward is timed by replaying it (retain_graph=True), which donated buffers forbid
 torch._functorch.config.donated_buffer = False
+torch._dynamo.config.recompile_limit = 64  # one function over the whole sweep: never fall back to eager
 
 
 def compiled_ops(case: Case, compiler: str = "inductor") -> dict:
