@@ -1,7 +1,7 @@
 """MkDocs hooks: put the committed benchmark results on the Benchmarks page.
 
 * ``<!-- recipes-table -->`` becomes a table of every recipe in ``recipes/`` (name,
-  description, data, model, the command), each linked to the section of its page
+  description, model), grouped by page, each linked to the section of its page
   (``recipes/<page>.md#<name>``, the page chosen by the recipe's dataset). A recipe whose
   dataset has no page, or whose page has no section for it, fails the strict build.
 * Every image under ``benchmarks/results/`` is published at ``benchmarks/results/<name>``,
@@ -81,7 +81,7 @@ RECIPE_PAGES = {"listops": "seqboat-listops", "text": "seqboat-charlm", "image":
 def _recipes_table(page) -> str:
     from smakit.train import list_recipes, load_recipe
 
-    rows = ["| recipe | what | model (cpu preset) | command |", "|---|---|---|---|"]
+    rows = []
     for name, description in list_recipes().items():
         recipe = load_recipe(name, "cpu")
         data = recipe.data.get("name", "?")
@@ -90,10 +90,11 @@ def _recipes_table(page) -> str:
             log.warning("%s: recipe %s trains on %r, which has no recipe page", page.file.src_uri, name, data)
             continue
         model = recipe.model.get("variant") or recipe.model.get("arch", "?")
-        size = f"{model}, dim {recipe.model.get('dim', '?')}, depth {recipe.model.get('depth', '?')}"
-        link = f"[`{name}`]({target}.md#{name})"
-        rows.append(f"| {link} | {description.replace('|', '/')} | {size} | `smakit train {name} --out runs/{name}` |")
-    return "\n".join(rows)
+        size = f"`{model}`, dim {recipe.model.get('dim', '?')}, depth {recipe.model.get('depth', '?')}"
+        order = (list(RECIPE_PAGES.values()).index(target), name != target, name)
+        rows.append((order, f"| [`{name}`]({target}.md#{name}) | {description.replace('|', '/')} | {size} |"))
+    header = ["| recipe | what | model (cpu preset) |", "|---|---|---|"]
+    return "\n".join(header + [row for _, row in sorted(rows)])
 
 
 def on_page_markdown(markdown, page, config, files):
