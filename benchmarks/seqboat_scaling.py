@@ -11,6 +11,11 @@ Writes ``benchmarks/results/seqboat_scaling.{json,md,png}``.
   baseline). It counts everything the run touches (activations, autograd buffers, the
   allocator's slack), not only torch's live tensors.
 * Decode: mean time of ``layer.step`` per token after streaming a context of ``n`` tokens.
+
+``--malloc-keep`` re-runs the script with glibc told to keep freed memory
+(``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``/``MALLOC_TOP_PAD_``): by default glibc maps
+every block over 32 MiB fresh from the kernel, so at long lengths system time for page
+faults grows faster than the work; this is the allocator, not the algorithm.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import os
 import resource
 import statistics
+import sys
 import time
 
 import matplotlib
@@ -137,7 +144,12 @@ def main():
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--window", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--malloc-keep", action="store_true", help="glibc keeps freed memory (see module doc)")
     args = parser.parse_args()
+    if args.malloc_keep and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        os.environ.update(MALLOC_MMAP_THRESHOLD_=str(2**32), MALLOC_TRIM_THRESHOLD_=str(2**32),
+                          MALLOC_TOP_PAD_=str(2**30))
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     torch.set_num_threads(args.threads)
     B, D, W = args.batch, args.dim, args.window
     lengths = [256, 512, 1024] if args.quick else [1024, 2048, 4096, 8192, 16384, 32768]
@@ -172,14 +184,16 @@ def main():
     lo, hi = min(decode), max(decode)
     payload = {
         "machine": machine(), "dtype": "float32",
-        "config": {"dim": D, "batch": B, "window": W, "causal": True, "threads": args.threads},
+        "config": {"dim": D, "batch": B, "window": W, "causal": True, "threads": args.threads,
+                   "malloc_keep": args.malloc_keep},
         "scaling": scaling, "growth": growth, "decode_ms_per_token": decode,
         "decode_ratio": decode[hi]["ms"] / decode[lo]["ms"],
         "decode_cpu_ratio": decode[hi]["cpu_ms"] / decode[lo]["cpu_ms"], "variants_L": variant_L, "variants": variants,
     }
     table = [f"# SeqBoat layer scaling (CPU, float32)\n",
              f"{payload['machine']['device']}, torch {payload['machine']['torch']}, commit {payload['machine']['commit']}; "
-             f"D={D}, B={B}, window={W}, causal, one layer, fwd+bwd.\n",
+             f"D={D}, B={B}, window={W}, causal, one layer, fwd+bwd"
+             f"{', glibc keeps freed memory (--malloc-keep)' if args.malloc_keep else ''}.\n",
              markdown_table(["L", "wall ms", "x vs first", "CPU ms", "x vs first", "of which sys ms", "peak MiB",
                              "x vs first", "attn ratio", "avg span"],
                             [[r["L"], r["ms"], r["ms"] / first["ms"], r["cpu_ms"], r["cpu_ms"] / first["cpu_ms"],
@@ -196,7 +210,7 @@ def main():
              "\nWall ms: median fwd+bwd wall time; CPU ms: median process CPU time of the same runs (robust to "
              "other jobs on a shared machine); peak MiB: peak RSS above the pre-run level (VmHWM reset via "
              "/proc/self/clear_refs). transformer = full multi-head attention + MLP (4 heads, rotary).\n"]
-    name = "seqboat_scaling_quick" if args.quick else "seqboat_scaling"
+    name = "seqboat_scaling" + ("_malloc_keep" if args.malloc_keep else "") + ("_quick" if args.quick else "")
     path = write(name, payload, "\n".join(table))
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
