@@ -175,8 +175,6 @@ class SparseModularActivation(nn.Module):
             raise ValueError(f"x must have shape [B, L, {self.dim}], got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}")
-        if x.shape[0] == 0 and self.layout == "padded":
-            raise ValueError(f"x has batch size 0 (shape {tuple(x.shape)}); the padded layout needs B >= 1")
         if route_on is not None and (not isinstance(route_on, Tensor) or route_on.dim() != 3
                                      or tuple(route_on.shape[:2]) != tuple(x.shape[:2])):
             shape = tuple(route_on.shape) if isinstance(route_on, Tensor) else type(route_on).__name__

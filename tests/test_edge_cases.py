@@ -58,14 +58,23 @@ class SeqModule(nn.Module):
          r"route_on must have shape \[B, L, D_r\] with \[B, L\] = \(2, 4\), got \(2, 3, 8\)"),
         ({"x": torch.randn(2, 4, D), "context": torch.randn(2, 5, D)}, ValueError,
          r"context must have shape \[B, L, \.\.\.\] with \[B, L\] = \(2, 4\), got \(2, 5, 8\)"),
-        ({"x": torch.randn(0, 4, D)}, ValueError, r"batch size 0"),
     ],
     ids=["rank4", "rank1", "features", "int-x", "not-tensor", "mask-transposed", "mask-rank3", "mask-int",
-         "mask-list", "route-on-features", "route-on-length", "extra-length", "batch0-padded"],
+         "mask-list", "route-on-features", "route-on-length", "extra-length"],
 )
 def test_bad_input_names_argument_expected_and_actual(kwargs, error, match):
     with pytest.raises(error, match=match):
         sma(linear(), dim=D)(**kwargs)
+
+
+@pytest.mark.parametrize("layout", ["padded", "flat"])
+def test_empty_batch_gives_empty_output_and_zero_gradients(layout):
+    layer = sma(linear(), dim=D, layout=layout)
+    x = torch.randn(0, 4, D, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (0, 4, D)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
 
 
 @pytest.mark.parametrize("capacity", [0, 0.0, -0.5, 1.0001, 2, float("nan"), float("inf"), True, "0.5", None])

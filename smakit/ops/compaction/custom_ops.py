@@ -45,7 +45,7 @@ def _ref_compress(x: Tensor, active: Tensor, capacity: int, flat: bool):
     pad = None if flat else ~idx.mask.reshape(-1)
     values = naive.compress_fwd(x.reshape(B * L, D), idx.scatter_index, pad)
     batch = idx.batch_index if flat else idx.scatter_index.new_empty(_EMPTY)
-    values = values.view(-1, D) if flat else values.view(B, -1, D)
+    values = values.view(-1, D) if flat else values.view(B, idx.mask.shape[1], D)
     return values, idx.positions, idx.mask, idx.counts, idx.scatter_index, batch, idx.active
 
 
