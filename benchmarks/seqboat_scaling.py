@@ -113,28 +113,32 @@ def fwd_bwd(layer, B: int, L: int, dim: int, repeats: int) -> dict:
 
 
 @torch.no_grad()
-def decode_ms(layer, B: int, dim: int, contexts: list[int], steps: int) -> dict:
-    """Mean ``step`` time per token right after streaming each context length."""
+def decode_ms(layer, B: int, dim: int, contexts: list[int], steps: int, rounds: int = 7) -> dict:
+    """Time of ``step`` per token right after streaming each context length.
+
+    The states at every context are kept, and timed blocks of ``steps`` tokens alternate
+    between them for ``rounds`` rounds (median per context), so a change in machine load
+    hits all contexts alike.
+    """
     layer.eval()
     torch.manual_seed(1)
-    state = layer.init_state(B)
-    out, seen = {}, 0
+    state, seen, states = layer.init_state(B), 0, {}
     for n in sorted(contexts):
         for _ in range(n - seen):
             _, state = layer.step(torch.randn(B, dim), state)
-        seen = n
-        xs = torch.randn(steps, B, dim)
-        wall, cpu = [], []
-        for _ in range(5):  # median of 5 blocks, each from the same context
-            s = state
+        seen, states[n] = n, state
+    xs = torch.randn(steps, B, dim)
+    wall = {n: [] for n in states}
+    cpu = {n: [] for n in states}
+    for _ in range(rounds):
+        for n, s in states.items():
             t0, c0 = time.perf_counter(), time.process_time()
             for t in range(steps):
                 _, s = layer.step(xs[t], s)
-            wall.append((time.perf_counter() - t0) / steps * 1e3)
-            cpu.append((time.process_time() - c0) / steps * 1e3)
-        out[n] = {"ms": statistics.median(wall), "cpu_ms": statistics.median(cpu)}
+            wall[n].append((time.perf_counter() - t0) / steps * 1e3)
+            cpu[n].append((time.process_time() - c0) / steps * 1e3)
     layer.train()
-    return out
+    return {n: {"ms": statistics.median(wall[n]), "cpu_ms": statistics.median(cpu[n])} for n in states}
 
 
 def main():
