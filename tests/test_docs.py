@@ -88,6 +88,7 @@ def test_page_code_runs(page: Path, tmp_path, monkeypatch):
     torch.manual_seed(0)
     namespace = {"__name__": "__docs__"}
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny examples: extra threads only wait on a busy CI box
     text = page.read_text()
     requires = [(n + 1, m.group(1)) for n, line in enumerate(text.splitlines()) if (m := REQUIRES.match(line))]
     ran = 0
@@ -194,9 +195,14 @@ def test_docstring_examples(test):
     globs.update({k: getattr(smakit, k) for k in smakit.__all__})
     test.globs = globs
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     out = []
-    runner.run(test, out=out.append)
+    try:
+        runner.run(test, out=out.append)
+    finally:
+        torch.set_num_threads(threads)
     assert not runner.failures, "".join(out)
 
 
