@@ -4,6 +4,8 @@
   in one namespace, so a page reads (and is checked) as a tutorial; test ids are the pages;
 * every ``Examples::`` doctest of a public name (what the API pages show) runs;
 * every public name is on an API page;
+* the shell commands the pages show are real: ``smakit`` commands parse with the CLI's own
+  parser (recipes exist, overrides apply), scripts and extras exist;
 * ``mkdocs build --strict`` passes (when the ``docs`` extra is installed).
 
 Blocks that must not run (shell commands, output) use another language tag (```bash,
@@ -14,12 +16,15 @@ docs build does, so included files are tested where they are shown.
 
 from __future__ import annotations
 
+import contextlib
 import doctest
+import io
 import importlib
 import importlib.util
 import inspect
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +116,77 @@ def test_no_unrunnable_python_fences():
     bad = [f"{page_id(p)}:{line - 1} ```{lang}" for p in pages() for lang, line, _ in code_blocks(p.read_text())
            if lang in MISTAKES]
     assert not bad, "tag Python blocks ```python so tests/test_docs.py runs them: " + ", ".join(bad)
+
+
+SHELL = {"bash", "sh", "shell", "console"}
+
+
+def shell_commands():
+    """``(page_id, line, tokens)`` for each command of each shell block (continuations joined)."""
+    for page in pages():
+        for lang, first, code in code_blocks(page.read_text()):
+            if lang not in SHELL:
+                continue
+            joined = code.replace("\\\n", " ").splitlines()
+            for i, line in enumerate(joined):
+                if "$" in line or "<" in line:  # variables and placeholders: shown, not checkable
+                    continue
+                for command in re.split(r"&&|;", line):
+                    tokens = shlex.split(command, comments=True)
+                    if tokens:
+                        yield page_id(page), first + i, tokens
+
+
+def check_smakit_command(args: list[str]) -> None:
+    from smakit.cli import build_parser
+    from smakit.train import list_recipes, load_recipe, parse_overrides
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            parsed, extra = build_parser().parse_known_args(args)
+    except SystemExit:
+        raise ValueError(stderr.getvalue().strip().splitlines()[-1]) from None
+    if parsed.command == "train":
+        assert parsed.recipe in list_recipes(), f"no recipe {parsed.recipe!r}"
+        load_recipe(parsed.recipe, parsed.preset, parse_overrides(extra))
+    else:
+        assert not extra, f"unknown arguments {extra}"
+
+
+def check_command(tokens: list[str]) -> None:
+    import tomllib
+
+    program, args = tokens[0], tokens[1:]
+    if program == "smakit":
+        check_smakit_command(args)
+    elif program == "torchrun":
+        if "-m" in args:
+            module = args[args.index("-m") + 1]
+            assert module == "smakit.cli", f"torchrun -m {module}"
+            check_smakit_command(args[args.index("-m") + 2:])
+        else:
+            script = next(a for a in args if a.endswith(".py"))
+            assert (ROOT / script).is_file(), f"no script {script}"
+    elif program == "python" and args and args[0].endswith(".py"):
+        assert (ROOT / args[0]).is_file(), f"no script {args[0]}"
+    elif program == "pip" and args[:1] == ["install"]:
+        extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+        for arg in args:
+            for extra in re.findall(r"^\.\[([\w,]+)\]$", arg):
+                for name in extra.split(","):
+                    assert name in extras, f"no extra [{name}] in pyproject.toml"
+
+
+def test_shell_commands_are_real():
+    """Commands in ```bash blocks are not run (they train for minutes), but they must exist."""
+    errors = []
+    for page, line, tokens in shell_commands():
+        try:
+            check_command(tokens)
+        except (AssertionError, ValueError, KeyError, StopIteration) as err:
+            errors.append(f"{page}:{line} `{' '.join(tokens)}`: {err}")
+    assert not errors, "\n".join(errors)
 
 
 MAX_CODE_LINE = 90  # fits the code column of a 1280-pixel-wide window
