@@ -58,8 +58,9 @@ def _demote(markdown: str) -> str:
 def _results(name: str, optional: bool, page) -> str:
     table = RESULTS / f"{name}.md"
     if not table.is_file() and optional:
-        return (f'!!! note "Not measured yet"\n    Run `python benchmarks/{name}.py` to produce '
-                f"`benchmarks/results/{name}.md`; this page shows it on the next build.")
+        return (f'!!! note "Not measured yet"\n    The benchmark script that writes '
+                f"`benchmarks/results/{name}.md` has not been run here yet (see the commands above); "
+                "this page shows the file on the next build.")
     if not table.is_file():
         log.warning("%s: benchmarks/results/%s.md not found", page.file.src_uri, name)
         return f"*Results `{name}` not found.*"
