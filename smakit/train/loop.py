@@ -249,6 +249,10 @@ class Trainer:
                 bar.write(self._describe(metrics))
                 self.save()
         bar.close()
+        if self.step % cfg.eval_every and self.step != cfg.max_steps:  # stopped early: close the curve
+            metrics = self.evaluate("val")
+            self._write(log, {"kind": "eval", "step": self.step, **metrics})
+            bar.write(self._describe(metrics))
         self.save()
         if log:
             log.close()
