@@ -7,14 +7,22 @@ and scatter the gated results back.
 from .ops import Compacted, compress, extract
 from .routing import Routing, ThresholdRouter, TopKRouter, density_loss
 from .integrations import sma_wrap
+from .models import SeqBoat, SeqBoatLayer, generate
+from .modules import MLP, CausalConv, LocalGatedAttention, MultiHeadEMA
 from .sma import RoutingStats, SparseModularActivation, aux_losses, sma
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MLP",
+    "CausalConv",
     "Compacted",
+    "LocalGatedAttention",
+    "MultiHeadEMA",
     "Routing",
     "RoutingStats",
+    "SeqBoat",
+    "SeqBoatLayer",
     "SparseModularActivation",
     "ThresholdRouter",
     "TopKRouter",
@@ -23,6 +31,7 @@ __all__ = [
     "compress",
     "density_loss",
     "extract",
+    "generate",
     "sma",
     "sma_wrap",
 ]

@@ -1,7 +1,9 @@
-"""Models built from smakit parts: the SeqBoat layer and model, variants, generation."""
+"""Models built from smakit parts: SeqBoat and its variants, routed transformers, generation."""
 
 from .baselines import FeedForwardBlock, TransformerLayer
 from .model import VARIANTS, SeqBoat, generate
 from .seqboat import SeqBoatLayer
+from .sma_transformer import HybridSMA, SelfAttention, SMATransformer
 
-__all__ = ["FeedForwardBlock", "SeqBoat", "SeqBoatLayer", "TransformerLayer", "VARIANTS", "generate"]
+__all__ = ["FeedForwardBlock", "HybridSMA", "SMATransformer", "SelfAttention", "SeqBoat", "SeqBoatLayer",
+           "TransformerLayer", "VARIANTS", "generate"]

@@ -31,8 +31,7 @@ def build_model(info: DatasetInfo, model_cfg: dict) -> nn.Module:
     ``"sma_transformer"`` and ``"hybrid"`` build the routed transformers of
     :mod:`smakit.models.sma_transformer`.
     """
-    from ..models import SeqBoat
-    from ..models.sma_transformer import HybridSMA, SMATransformer
+    from ..models import HybridSMA, SeqBoat, SMATransformer
 
     cfg = dict(model_cfg)
     arch = cfg.pop("arch", "seqboat")
