@@ -55,6 +55,12 @@ def _canonical(obj: griffe.Object, path: str) -> str:
     """Where ``path`` is defined, following re-exports (the anchor autorefs knows)."""
     try:
         target = obj.modules_collection.get_member(path)
+        if target.is_alias:
+            target = target.final_target
+        if target.is_module and target.name in target.members:
+            # `smakit.sma` names both a module and the function it defines; a role means the function
+            target = target.members[target.name]
+            target = target.final_target if target.is_alias else target
         return target.canonical_path
     except Exception:  # noqa: BLE001 - not loaded, or outside the package
         return path
@@ -117,6 +123,11 @@ def _documented(pkg: griffe.Module) -> set[str]:
             try:
                 target = module[export]
                 target = target.final_target if target.is_alias else target
+                if target.is_module and target.name in target.members:  # `smakit.sma`: the function
+                    target = target.members[target.name]
+                    target = target.final_target if target.is_alias else target
+                if target.is_module:  # rendered only through its members
+                    continue
             except Exception:  # noqa: BLE001 - unresolvable export
                 continue
             if target.docstring is None:

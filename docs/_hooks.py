@@ -4,6 +4,11 @@
   description, model), grouped by page, each linked to the section of its page
   (``recipes/<page>.md#<name>``, the page chosen by the recipe's dataset). A recipe whose
   dataset has no page, or whose page has no section for it, fails the strict build.
+* ``{{ results.NAME.PATH | FORMAT }}`` in the text becomes a number from
+  ``benchmarks/results/NAME.json``, so prose quoting a measurement stays equal to the table.
+  ``PATH`` is dotted; ``key[field=value]`` picks the list item whose ``field`` equals
+  ``value``; a name applied to a list maps over it. ``FORMAT`` is a format spec, optionally
+  after ``min:`` or ``max:`` to reduce a list (``{{ results.ops_cpu.ops.speedup | max:.1f }}``).
 * Every image under ``benchmarks/results/`` is published at ``benchmarks/results/<name>``,
   so pages link to the plots the scripts wrote, not to copies.
 * A line ``<!-- results: NAME -->`` in a page is replaced by
@@ -16,6 +21,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import subprocess
@@ -98,7 +104,48 @@ def _recipes_table(page) -> str:
     return "\n".join(header + [row for _, row in sorted(rows)])
 
 
+VALUE = re.compile(r"\{\{\s*results\.([\w-]+)\.([^|}]+?)\s*(?:\|\s*([^}]*?))?\s*\}\}")
+SELECT = re.compile(r"^(\w+)\[(\w+)=([^\]]+)\]$")
+
+
+def _lookup(data, path: str):
+    for part in re.findall(r"\w+\[[^\]]*\]|[\w-]+", path):
+        m = SELECT.match(part)
+        if m:
+            key, field, want = m.groups()
+            items = [item for item in data[key] if str(item[field]) == want or _same(item[field], want)]
+            if len(items) != 1:
+                raise KeyError(f"{part}: {len(items)} items match")
+            data = items[0]
+        elif isinstance(data, list):
+            data = [item[part] for item in data]
+        else:
+            data = data[part]
+    return data
+
+
+def _same(value, text: str) -> bool:
+    try:
+        return float(value) == float(text)
+    except (TypeError, ValueError):
+        return False
+
+
+def _value(match: re.Match, page) -> str:
+    name, path, spec = match.group(1), match.group(2).strip(), (match.group(3) or "").strip()
+    try:
+        data = _lookup(json.loads((RESULTS / f"{name}.json").read_text()), path)
+        reduce, _, fmt = spec.rpartition(":") if spec.startswith(("min:", "max:")) else ("", "", spec)
+        if reduce:
+            data = min(data) if reduce == "min" else max(data)
+        return format(data, fmt)
+    except (OSError, KeyError, IndexError, TypeError, ValueError) as err:
+        log.warning("%s: cannot read {{ results.%s.%s }}: %s", page.file.src_uri, name, path, err)
+        return match.group(0)
+
+
 def on_page_markdown(markdown, page, config, files):
+    markdown = VALUE.sub(lambda m: _value(m, page), markdown)
     if RECIPES_MARKER in markdown:
         markdown = markdown.replace(RECIPES_MARKER, _recipes_table(page))
     return MARKER.sub(lambda m: _results(m.group("name"), bool(m.group("optional")), page), markdown)

@@ -299,7 +299,9 @@ def _test_extra_has_docs_tools() -> bool:
 
 
 def test_mkdocs_build_strict(tmp_path):
-    """``mkdocs build --strict``: nav, links, cross-references and API pages all resolve."""
+    """``mkdocs build --strict``: nav, links, cross-references and API pages all resolve.
+
+    Not ``-q``: quiet mode drops warnings before strict mode counts them."""
     missing = [m for m in ("mkdocs", "material", "mkdocstrings_handlers.python") if not _importable(m)]
     if missing:
         message = f"mkdocs build needs {missing}: pip install -e '.[docs]'"
@@ -307,7 +309,7 @@ def test_mkdocs_build_strict(tmp_path):
             pytest.fail(message + " (the test extra lists them, so this run should have them)")
         pytest.skip(message)
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert (tmp_path / "site" / "index.html").is_file()
