@@ -41,8 +41,9 @@ class RoutingStats:
     Attributes:
         names (list[str]): module names, in routing order.
         ratio (Tensor): ``[M]`` fraction of real tokens each module ran on.
-        counts (Tensor): ``[M, B]`` tokens routed to each module per row.
-        active (Tensor): ``[M, B, L]`` bool decisions.
+        counts (Tensor): ``[M, B]`` tokens each module ran on, per row.
+        active (Tensor): ``[M, B, L]`` bool, True where the module ran on the token (routed
+            and, with ``compaction_capacity``, not dropped for lack of a slot).
         gate (Tensor): ``[M, B, L]`` gate values (detached).
     """
 
@@ -209,13 +210,16 @@ class SparseModularActivation(nn.Module):
         self._check_inputs(x, mask, route_on, extra)
         routing = self.router(x if route_on is None else route_on, mask)
         capacity = routing.capacity if routing.capacity is not None else self.compaction_capacity
-        out = None
+        out, kept = None, []
+        drops = routing.capacity is None and capacity is not None  # a fixed K may drop routed tokens
         for m, (name, module) in enumerate(self.experts.items()):
             packed = compress(x, routing.active[m], capacity=capacity, layout=self.layout, backend=self.backend)
             h = module(packed.values, **self._module_kwargs(name, packed, extra))
             y = extract(h, packed, routing.gate[m], backend=self.backend)
             out = y if out is None else out + y
-        self._record(routing)
+            if drops:
+                kept.append(packed.kept())
+        self._record(routing, torch.stack(kept) if drops else routing.active)
         return (out, routing) if return_routing else out
 
     def _module_kwargs(self, name: str, packed: Compacted, extra: dict) -> dict:
@@ -227,11 +231,13 @@ class SparseModularActivation(nn.Module):
             kwargs["positions"] = packed.positions
         return kwargs
 
-    def _record(self, routing: Routing) -> None:
-        active = routing.active
-        real = active if routing.mask is None else active & routing.mask
-        self.stats = RoutingStats(list(self.experts.keys()), routing.ratio().detach(), real.sum(-1),
-                                  active, routing.gate.detach())
+    def _record(self, routing: Routing, ran: Tensor) -> None:
+        """Statistics of the tokens each module ran on (``ran [M, B, L]``: routed and not dropped)."""
+        real = ran if routing.mask is None else ran & routing.mask
+        n_real = real.shape[-1] * real.shape[-2] if routing.mask is None else routing.mask.sum()
+        counts = real.sum(-1)
+        ratio = counts.sum(-1).float() / torch.as_tensor(n_real, device=ran.device).clamp(min=1)
+        self.stats = RoutingStats(list(self.experts.keys()), ratio, counts, ran, routing.gate.detach())
         self.aux_loss = None
         if self.density_target is not None:
             self.aux_loss = self.density_weight * routing.density_loss(self.density_target)

@@ -189,3 +189,12 @@ def test_bad_options():
         sma(mlp(4), dim=4, router="topk", capacity=2.0)
     with pytest.raises(TypeError, match="modules must be"):
         SparseModularActivation("mlp", dim=4)
+
+
+def test_stats_count_only_tokens_that_got_a_slot_under_compaction_capacity():
+    layer = sma(mlp(4), dim=4, compaction_capacity=2)
+    force(layer.router, active=True)
+    y = layer(torch.randn(2, 6, 4))
+    assert layer.stats.counts.tolist() == [[2, 2]]
+    torch.testing.assert_close(layer.stats.ratio, torch.tensor([2 / 6]))
+    assert ((y != 0).any(-1) == layer.stats.active[0]).all()

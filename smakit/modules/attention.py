@@ -14,6 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import guard_or_true
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -75,7 +76,7 @@ def local_attention(
     positions = default(positions, torch.arange(K, device=device).expand(B, K))
     n = -(-K // w)
     pad = n * w - K
-    if pad:
+    if guard_or_true(pad != 0):  # under compile K may be data dependent: pad (maybe by 0)
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
         mask = F.pad(mask, (0, pad), value=False)
         positions = F.pad(positions, (0, pad), value=-1)
@@ -86,8 +87,8 @@ def local_attention(
     kmask, kpos = _look_around(qmask, before, after, False), _look_around(qpos, before, after, -1)
 
     qi = torch.arange(n * w, device=device).view(n, w, 1)  # slot index of each query
-    kj = torch.arange(-before * w, (n + after) * w, device=device).unfold(0, (before + 1 + after) * w, w)
-    kj = kj.view(n, 1, -1)  # slot index of each key
+    span_w = (before + 1 + after) * w  # keys per query block
+    kj = (torch.arange(n, device=device) * w - before * w).view(n, 1, 1) + torch.arange(span_w, device=device)
     if chunked:
         allowed = kj <= qi if causal else torch.ones_like(kj <= qi)
     elif causal:

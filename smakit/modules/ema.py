@@ -109,7 +109,10 @@ class MultiHeadEMA(nn.Module):
         element-wise work (only ``C * N * 2 sqrt(L)`` powers are computed).
         """
         b, q = self._coefficients()
-        R = max(math.isqrt(max(length - 1, 0)) + 1, 1)
+        if torch.compiler.is_compiling():  # lengths may be symbolic; any R is exact, a fixed one keeps shapes simple
+            R = 64
+        else:
+            R = max(math.isqrt(max(length - 1, 0)) + 1, 1)
         M = -(-length // R)
         log_q = torch.log(q).unsqueeze(-1)  # [C, N, 1]
         inner = torch.exp(log_q * torch.arange(R, device=q.device, dtype=q.dtype))  # [C, N, R]
