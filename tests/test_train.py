@@ -107,3 +107,15 @@ def test_recipes_command_lists_one_line_each(capsys):
     assert main(["recipes"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(list_recipes()) and all(len(line.split()) > 2 for line in lines)
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path, cache):
+    big = load_recipe("seqboat-listops", overrides={**TINY, "train.max_steps": 2, "train.batch_size": 8})
+    small = load_recipe("seqboat-listops", overrides={**TINY, "train.max_steps": 2, "train.batch_size": 4,
+                                                      "train.grad_accum": 2})
+    a = Trainer(big, tmp_path / "big", progress=False)
+    a.train()
+    b = Trainer(small, tmp_path / "small", progress=False)
+    b.train()
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
