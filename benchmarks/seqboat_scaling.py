@@ -205,7 +205,7 @@ def main():
              f"\nDecode (step, B={B}): " + ", ".join(f"{d['ms']:.3f} ms/token wall ({d['cpu_ms']:.3f} CPU) after {n}"
                                                      for n, d in decode.items())
              + f"; ratio {payload['decode_ratio']:.2f}x wall, {payload['decode_cpu_ratio']:.2f}x CPU.\n",
-             "\nFor reference, the issue reports the official SeqBoat code (L x L position bias) on a 2-core CPU, "
+             "\nFor reference, the official SeqBoat code (L x L position bias), as measured by the project on a 2-core CPU, "
              "same D/B, causal: 131 ms at 1K, 1.7 s at 4K, 7.1 s at 8K (54x from 1K to 8K), peak 0.34 -> 2.4 GB "
              "(not re-measured here).\n",
              f"\n## Variants at L={variant_L}\n",
