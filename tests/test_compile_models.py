@@ -54,3 +54,12 @@ def test_seqboat_traces_as_one_graph_when_data_dependent_shapes_are_captured():
 def test_router_free_variants_compile_without_breaks(variant):
     model = tiny_seqboat(variant=variant)
     assert torch._dynamo.explain(model)(torch.randint(0, 20, (2, 19))).graph_break_count == 0
+
+
+def test_static_attention_capacity_compiles_without_capturing_dynamic_shapes():
+    """With ``compaction_capacity`` the compacted size is fixed: no data-dependent shape at all."""
+    model = tiny_seqboat(compaction_capacity=16)
+    x = torch.randint(0, 20, (2, 37))
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    assert_compiled_matches_eager(model, compiled, [(2, 37)])

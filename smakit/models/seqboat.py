@@ -49,6 +49,9 @@ class SeqBoatLayer(nn.Module):
         straight_through (bool): straight-through gate in the router. Default: ``False``.
         density_target (float, optional): activation-ratio target for a density loss (read
             with :func:`smakit.aux_losses`). Default: ``None``.
+        compaction_capacity (int, optional): fixed number of attention slots per row (routed
+            tokens past it skip attention), so routing needs no host sync (CUDA graphs,
+            ``fullgraph`` compile). Default: ``None`` (the longest row).
 
     Attributes:
         attn: ``sma(LocalGatedAttention)`` (sparse), the bare GAU (always) or ``None``.
@@ -91,6 +94,7 @@ class SeqBoatLayer(nn.Module):
         temperature_scale: float = 1.0,
         straight_through: bool = False,
         density_target: float | None = None,
+        compaction_capacity: int | None = None,
     ):
         super().__init__()
         if mode not in MODES:
@@ -108,7 +112,8 @@ class SeqBoatLayer(nn.Module):
                                            max_distance=max_distance, dropout=attn_dropout)
         if mode == "sparse":
             self.attn = sma(self.gau, dim, router="threshold", temperature_scale=temperature_scale,
-                            straight_through=straight_through, density_target=density_target)
+                            straight_through=straight_through, density_target=density_target,
+                            compaction_capacity=compaction_capacity)
         elif mode == "always":
             self.attn = self.gau
         self._ratio: Tensor | None = None
