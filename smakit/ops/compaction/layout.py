@@ -55,15 +55,6 @@ class Compacted:
         """Slots per row ``K`` (padded layout) or total tokens ``N`` (flat layout)."""
         return self.values.shape[-2]
 
-    @property
-    def has_padding(self) -> bool:
-        return self.layout == PADDED
-
-    @property
-    def gather_index(self) -> Tensor:
-        """``[S]`` flat index into ``[B * L]`` safe to gather with (padding slots read row 0)."""
-        return self.scatter_index.clamp(max=max(self.batch_size * self.seq_len - 1, 0))
-
     def kept(self) -> Tensor:
         """``[B, L]`` bool, True for each token that has a slot."""
         if self.active is not None:
