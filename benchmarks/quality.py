@@ -86,6 +86,8 @@ def main():
     majority = {r["task"]: r["majority"] for r in rows if r["majority"] is not None}
     for task, acc in majority.items():
         table += f"\nMajority-class baseline on {task}: {acc:.4f}\n"
+    table += ("\nMinutes are wall time; the models ran one after another, so they compare only on a "
+              "machine with nothing else running.\n")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quality.json").write_text(json.dumps({"machine": env, "rows": rows}, indent=2))
     (RESULTS / "quality.md").write_text(table)
