@@ -15,8 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common import RESULTS, machine, markdown_table, time_ms, write  # noqa: E402
 from smakit import compress, extract, sma  # noqa: E402
+
+from common import RESULTS, machine, markdown_table, time_ms, write  # noqa: E402
 
 
 def naive_compress_extract(x, active, gate):

@@ -26,7 +26,6 @@ Writes ``benchmarks/results/ops_gpu.{json,md,png}`` (``--smoke``: under ``--out`
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -38,9 +37,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, markdown_table, time_ms  # noqa: E402
 from smakit.ops import compress, extract  # noqa: E402
 from smakit.ops.compaction import build_index, naive  # noqa: E402
+
+from common import RESULTS, machine, markdown_table, time_ms  # noqa: E402
 
 OPS = ("compress_fwd", "compress_bwd", "extract_fwd", "extract_bwd")
 HEADLINE = dict(B=8, L=8192, D=1024, ratio=0.5)  # the acceptance point

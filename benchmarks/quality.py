@@ -20,9 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine, markdown_table  # noqa: E402
 from smakit.train import load_recipe, run  # noqa: E402
 from smakit.train.build import build_datasets, build_model  # noqa: E402
+
+from common import RESULTS, machine, markdown_table  # noqa: E402
 
 MODELS = {"SeqBoat": "seqboat", "SeqBoat-full": "seqboat_full", "Mega-chunk": "mega_chunk",
           "EMA-only": "ema_only", "Transformer": "transformer"}

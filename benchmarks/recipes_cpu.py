@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine, markdown_table  # noqa: E402
 from smakit.train import format_summary, load_recipe, run  # noqa: E402
+
+from common import RESULTS, machine, markdown_table  # noqa: E402
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
 RECIPES = ("seqboat-listops", "seqboat-charlm", "seqboat-image", "seqboat-audio")

@@ -35,8 +35,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from common import RESULTS, machine, markdown_table, write  # noqa: E402
 from smakit.models import SeqBoatLayer, TransformerLayer  # noqa: E402
+
+from common import RESULTS, machine, markdown_table, write  # noqa: E402
 
 VARIANTS = {
     "seqboat": dict(mode="sparse"),
@@ -194,7 +195,7 @@ def main():
         "decode_ratio": decode[hi]["ms"] / decode[lo]["ms"],
         "decode_cpu_ratio": decode[hi]["cpu_ms"] / decode[lo]["cpu_ms"], "variants_L": variant_L, "variants": variants,
     }
-    table = [f"# SeqBoat layer scaling (CPU, float32)\n",
+    table = ["# SeqBoat layer scaling (CPU, float32)\n",
              f"{payload['machine']['device']}, torch {payload['machine']['torch']}, commit {payload['machine']['commit']}; "
              f"D={D}, B={B}, window={W}, causal, one layer, fwd+bwd"
              f"{', glibc keeps freed memory (--malloc-keep)' if args.malloc_keep else ''}.\n",

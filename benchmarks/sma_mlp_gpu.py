@@ -26,9 +26,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from smakit import sma  # noqa: E402
+
 from common import RESULTS, machine, markdown_table  # noqa: E402
 from ops_gpu import bench_ms  # noqa: E402
-from smakit import sma  # noqa: E402
 
 GOAL = {"ratio": 0.25, "max_relative": 0.35}
 

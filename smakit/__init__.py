@@ -4,11 +4,11 @@ Route each token to the sub-modules that should run on it, compute only on those
 and scatter the gated results back.
 """
 
-from .ops import Compacted, compress, extract
-from .routing import Routing, ThresholdRouter, TopKRouter, density_loss
 from .integrations import sma_wrap
 from .models import SeqBoat, SeqBoatLayer, generate
 from .modules import MLP, CausalConv, LocalGatedAttention, MultiHeadEMA
+from .ops import Compacted, compress, extract
+from .routing import Routing, ThresholdRouter, TopKRouter, density_loss
 from .sma import RoutingStats, SparseModularActivation, aux_losses, sma
 
 __version__ = "0.1.0"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from . import __version__
+
 
 def _checkpoint_path(path: str) -> Path:
     p = Path(path)
@@ -27,7 +29,13 @@ def cmd_recipes(args) -> int:
 
 def cmd_train(args, extra: list[str]) -> int:
     from .train import format_summary, load_recipe, parse_overrides, run
+    from .train._extra import MissingExtra, require_train_extra
 
+    try:
+        require_train_extra("smakit train")
+    except MissingExtra as err:
+        print(f"smakit: error: {err}", file=sys.stderr)
+        return 2
     recipe = load_recipe(args.recipe, args.preset, parse_overrides(extra))
     summary = run(recipe, args.out, device=args.device, progress=not args.no_progress)
     if "plots" in summary:  # main process only
@@ -73,6 +81,7 @@ def cmd_generate(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smakit", description="Sparse Modular Activation: recipes and tools.")
+    parser.add_argument("--version", action="version", version=f"smakit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("recipes", help="list the training recipes")
     train = sub.add_parser("train", help="train a recipe; extra --key value pairs override its config",

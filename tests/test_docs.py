@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import doctest
-import io
 import importlib
 import importlib.util
 import inspect
+import io
 import os
 import re
 import shlex
@@ -265,8 +265,9 @@ def docstring_tests():
 def test_docstring_examples(test):
     """The ``Examples::`` the API pages show, run as doctests (names of the object's module,
     ``torch``, ``nn`` and smakit's top level in scope)."""
-    import smakit
     from torch import nn
+
+    import smakit
 
     module = sys.modules.get(test.globs.get("__name__", ""))
     globs = dict(vars(module)) if module else dict(test.globs)

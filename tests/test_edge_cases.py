@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from smakit import ThresholdRouter, TopKRouter, sma
+from smakit import TopKRouter, sma
 
 D = 8
 

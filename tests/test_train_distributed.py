@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import torch
-
 from test_train import TINY
 
 

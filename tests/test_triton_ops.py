@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 # (B, L, D, kind): odd lengths, D tails, empty/full rows, B=1, L=1
 CASES = [(1, 1, 1, "full"), (1, 1, 1, "empty"), (2, 37, 5, "mixed"), (3, 19, 33, "random"), (3, 8, 1, "empty_batch")]
-IDS = [f"B{b}-L{l}-D{d}-{k}" for b, l, d, k in CASES]
+IDS = [f"B{b}-L{n}-D{d}-{k}" for b, n, d, k in CASES]
 DTYPES = [torch.float32, torch.bfloat16]
 
 

@@ -43,7 +43,7 @@ ddp = DDP(model, device_ids=[local_rank] if cuda else None)
 opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
 
 data = torch.Generator().manual_seed(1000 + rank)  # each rank draws its own batches
-for step in range(5):
+for _ in range(5):
     inputs = torch.randint(1, 16, (8, 64), generator=data)
     lengths = torch.randint(1, 65, (8,), generator=data)
     mask = torch.arange(64) < lengths[:, None]  # padded; a short row may route nothing

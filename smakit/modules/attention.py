@@ -14,9 +14,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.fx.experimental.symbolic_shapes import guard_or_true
 from einops import rearrange
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import guard_or_true
 
 from ._helpers import default, exists
 from .position import RelativePositionBias, apply_rotary, rotary_frequencies

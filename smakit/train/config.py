@@ -22,11 +22,11 @@ DEFAULT_PRESET = "cpu"
 
 
 def recipes_dir() -> Path:
-    """``$SMAKIT_RECIPES`` or the ``recipes/`` folder of the source checkout."""
+    """``$SMAKIT_RECIPES`` or the recipes shipped in the package (``smakit/recipes/``)."""
     env = os.environ.get("SMAKIT_RECIPES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "recipes"
+    return Path(__file__).resolve().parents[1] / "recipes"
 
 
 @dataclass

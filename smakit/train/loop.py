@@ -19,13 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..sma import SparseModularActivation, aux_losses
 from . import distributed as dist
+from ._extra import require_train_extra
 from .batching import StepBatchSampler
 from .build import build_datasets, build_model, collate_fn
 from .config import Recipe
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # the `train` extra is missing; Trainer.train says so
+    tqdm = None
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -73,7 +78,7 @@ class TrainConfig:
     max_minutes: float = 0.0
 
     @classmethod
-    def from_dict(cls, table: dict) -> "TrainConfig":
+    def from_dict(cls, table: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(table) - known
         if unknown:
@@ -219,6 +224,7 @@ class Trainer:
 
     def train(self, until: int | None = None) -> dict:
         """Train to ``max_steps`` (or stop early at step ``until``, as an interruption would)."""
+        require_train_extra("Trainer.train")
         cfg = self.cfg
         last = cfg.max_steps if until is None else min(until, cfg.max_steps)
         sampler = StepBatchSampler(len(self.data["train"]), cfg.batch_size, cfg.seed, self.ctx.rank,

@@ -6,14 +6,18 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
+import torch
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from ..sma import SparseModularActivation
 
-from ..sma import SparseModularActivation  # noqa: E402
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:  # the `train` extra is missing; Trainer.train says so before any plot
+    plt = None
 
 
 def read_metrics(path: Path) -> list[dict]:
