@@ -1,6 +1,10 @@
-"""MkDocs hooks: put the committed benchmark results on the Benchmarks page.
+"""MkDocs hooks: the version in the header, the CLI reference, and the committed benchmark
+results on the Benchmarks page.
 
-* ``<!-- recipes-table -->`` becomes a table of every recipe in ``recipes/`` (name,
+* The site name in the header carries the package version (``smakit 0.1.0``).
+* ``<!-- cli-reference -->`` becomes the ``--help`` text of ``smakit`` and of each of its
+  subcommands, rendered from ``smakit.cli.build_parser()`` at the width of a code block.
+* ``<!-- recipes-table -->`` becomes a table of every recipe in ``smakit/recipes/`` (name,
   description, model), grouped by page, each linked to the section of its page
   (``recipes/<page>.md#<name>``, the page chosen by the recipe's dataset). A recipe whose
   dataset has no page, or whose page has no section for it, fails the strict build.
@@ -21,6 +25,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
@@ -34,6 +39,34 @@ RESULTS = ROOT / "benchmarks" / "results"
 MARKER = re.compile(r"^<!-- results(?P<optional>-optional)?: (?P<name>[\w.-]+) -->[ \t]*$", re.MULTILINE)
 IMAGES = (".png", ".svg")
 log = logging.getLogger("mkdocs.hooks.smakit")
+
+
+def on_config(config):
+    from smakit import __version__
+
+    config.site_name = f"smakit {__version__}"
+    return config
+
+
+CLI_MARKER = "<!-- cli-reference -->"
+HELP_WIDTH = 80  # characters: fits the code column at 1280 px (tests/test_docs.py)
+
+
+def _help(parser: argparse.ArgumentParser) -> str:
+    parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=HELP_WIDTH)
+    return parser.format_help().rstrip()
+
+
+def _cli_reference() -> str:
+    from smakit.cli import build_parser
+
+    parser = build_parser()
+    parts = ["## smakit", "", "```text", _help(parser), "```"]
+    for action in parser._actions:  # argparse keeps subcommands on a private action
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                parts += ["", f"## smakit {name}", "", "```text", _help(sub), "```"]
+    return "\n".join(parts)
 
 
 def on_files(files, config):
@@ -148,4 +181,6 @@ def on_page_markdown(markdown, page, config, files):
     markdown = VALUE.sub(lambda m: _value(m, page), markdown)
     if RECIPES_MARKER in markdown:
         markdown = markdown.replace(RECIPES_MARKER, _recipes_table(page))
+    if CLI_MARKER in markdown:
+        markdown = markdown.replace(CLI_MARKER, _cli_reference())
     return MARKER.sub(lambda m: _results(m.group("name"), bool(m.group("optional")), page), markdown)

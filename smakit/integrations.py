@@ -223,7 +223,8 @@ def sma_wrap(model: nn.Module, pattern: str | list[str], *, dim: int | None = No
 
     Examples::
 
-        >>> enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+        >>> layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+        >>> enc = nn.TransformerEncoder(layer, 2)
         >>> sma_wrap(enc, "layers.*", residual="inside")
         ['layers.0', 'layers.1']
         >>> enc(torch.randn(2, 10, 32)).shape

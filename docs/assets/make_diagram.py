@@ -1,4 +1,7 @@
-"""Write ``docs/assets/sma.svg``: route -> compress -> module -> extract, for the Home page.
+"""Write the Home page diagram: route -> compress -> module -> extract.
+
+``sma.svg`` (wide: step labels left of the rows) and ``sma-narrow.svg`` (phones: labels
+above the rows, six tokens, larger type once scaled to a 360-pixel column).
 
 Run: ``python docs/assets/make_diagram.py`` (no dependencies).
 """
@@ -7,17 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-L = 8
-ACTIVE = (1, 3, 4, 6)
 PROB = (0.31, 0.83, 0.22, 0.71, 0.92, 0.12, 0.66, 0.40)
-W, H = 760, 450
-BOX, GAP = 54, 12
-X0 = 200  # left edge of the token row
 ON, OFF, MOD, INK, MUTED = "#3f51b5", "#e3e5ee", "#ff9800", "#1f2430", "#6b7080"
-
-
-def x_of(i: int) -> float:
-    return X0 + i * (BOX + GAP)
+WIDE = dict(L=8, active=(1, 3, 4, 6), box=54, gap=12, x0=200, W=760, label_above=False, shift=2)
+NARROW = dict(L=6, active=(1, 3, 4), box=50, gap=10, x0=22, W=400, label_above=True, shift=1)
 
 
 def box(x, y, w, h, fill, text="", ink="#fff", size=15, rx=7, stroke="none"):
@@ -28,62 +24,77 @@ def box(x, y, w, h, fill, text="", ink="#fff", size=15, rx=7, stroke="none"):
     return s
 
 
-def label(y, title, sub):
-    return (f'<text x="24" y="{y}" font-size="17" font-weight="600" fill="{INK}">{title}</text>'
-            f'<text x="24" y="{y + 20}" font-size="13" fill="{MUTED}">{sub}</text>')
-
-
 def arrow(x1, y1, x2, y2, color=MUTED):
     return (f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{color}" stroke-width="1.6" '
             f'marker-end="url(#head)"/>')
 
 
-def main() -> None:
-    p = []
-    p.append(f'<rect x="0" y="0" width="{W}" height="{H}" rx="14" fill="#ffffff"/>')
-    # 1. tokens and router
-    y1 = 30
-    p.append(label(y1 + 18, "x", "[B, L, D]"))
+def draw(L, active, box_w, gap, x0, W, label_above, shift) -> str:
+    def x_of(i):
+        return x0 + i * (box_w + gap)
+
+    p, y = [], 30
+    rows = {}
+
+    def label(title, sub):
+        nonlocal y
+        if label_above:  # title and shape on one line above the row
+            p.append(f'<text x="{x0}" y="{y + 16}" font-size="18" font-weight="600" fill="{INK}">{title}'
+                     f'<tspan font-size="15" font-weight="400" fill="{MUTED}">  {sub}</tspan></text>')
+            y += 28
+        else:
+            p.append(f'<text x="24" y="{y + 18}" font-size="17" font-weight="600" fill="{INK}">{title}</text>'
+                     f'<text x="24" y="{y + 38}" font-size="13" fill="{MUTED}">{sub}</text>')
+
+    label("x", "[B, L, D]")
     for i in range(L):
-        p.append(box(x_of(i), y1, BOX, 40, "#ffffff", f"x{i}", ink=INK, stroke="#9aa0b4"))
-    y2 = 105
-    p.append(label(y2 + 18, "1. route", "router(x) → p, active"))
+        p.append(box(x_of(i), y, box_w, 40, "#ffffff", f"x{i}", ink=INK, stroke="#9aa0b4"))
+    y += 75
+    label("1. route", "router(x) → p, active")
+    rows["route"] = y
     for i in range(L):
-        on = i in ACTIVE
-        p.append(box(x_of(i), y2, BOX, 40, ON if on else OFF, f"{PROB[i]:.2f}", ink="#fff" if on else MUTED))
-    # 2. compress
-    y3 = 195
-    p.append(label(y3 + 18, "2. compress", "in order, [B, K, D]"))
-    for k, i in enumerate(ACTIVE):
-        xk = x_of(k) + (BOX + GAP) * 2
-        p.append(arrow(x_of(i) + BOX / 2, y2 + 42, xk + BOX / 2, y3 - 4))
-        p.append(box(xk, y3, BOX, 40, ON, f"x{i}"))
-        p.append(f'<text x="{xk + BOX / 2}" y="{y3 + 56}" font-size="12" fill="{MUTED}" '
+        on = i in active
+        p.append(box(x_of(i), y, box_w, 40, ON if on else OFF, f"{PROB[i]:.2f}", ink="#fff" if on else MUTED))
+    y += 90
+    top = y  # arrows end above the label when it sits above the row
+    label("2. compress", "in order, [B, K, D]")
+    for k, i in enumerate(active):
+        xk = x_of(k + shift)
+        p.append(arrow(x_of(i) + box_w / 2, rows["route"] + 42, xk + box_w / 2, (top if label_above else y) - 4))
+        p.append(box(xk, y, box_w, 40, ON, f"x{i}"))
+        p.append(f'<text x="{xk + box_w / 2}" y="{y + 58}" font-size="13" fill="{MUTED}" '
                  f'text-anchor="middle">pos {i}</text>')
-    # 3. module
-    y4 = 280
-    p.append(label(y4 + 18, "3. module", "f(values, mask, positions)"))
-    left, right = x_of(2), x_of(5) + BOX
-    p.append(box(left, y4, right - left, 44, MOD, "f  (attention, MLP, conv, ...)", size=15))
-    # 4. extract
-    y5 = 385
-    p.append(label(y5 + 18, "4. extract", "p · f(x) back in place"))
-    for k, i in enumerate(ACTIVE):
-        xk = x_of(k) + (BOX + GAP) * 2
-        p.append(arrow(xk + BOX / 2, y4 + 46, x_of(i) + BOX / 2, y5 - 4))
+    y += 85
+    label("3. module", "f(values, mask, positions)")
+    rows["module"] = y
+    left, right = x_of(shift), x_of(shift + len(active) - 1) + box_w
+    p.append(box(left, y, right - left, 44, MOD, "f: attention, MLP, ...", size=15))
+    y += 105
+    top = y
+    label("4. extract", "p · f(x) back in place")
+    for k, i in enumerate(active):
+        xk = x_of(k + shift)
+        p.append(arrow(xk + box_w / 2, rows["module"] + 46, x_of(i) + box_w / 2, (top if label_above else y) - 4))
     for i in range(L):
-        on = i in ACTIVE
-        p.append(box(x_of(i), y5, BOX, 40, MOD if on else OFF, f"p·f{i}" if on else "0",
+        on = i in active
+        p.append(box(x_of(i), y, box_w, 40, MOD if on else OFF, f"p·f{i}" if on else "0",
                      ink="#fff" if on else MUTED, size=14))
+    H = y + 65
     defs = (f'<defs><marker id="head" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
             f'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{MUTED}"/></marker></defs>')
-    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
-           f'font-family="Inter, Roboto, Helvetica, Arial, sans-serif" role="img" '
-           f'aria-label="Sparse Modular Activation: route, compress, module, extract">'
-           f'<title>route -> compress -> module -> extract</title>{defs}{"".join(p)}</svg>\n')
-    out = Path(__file__).with_name("sma.svg")
-    out.write_text(svg)
-    print(f"wrote {out}")
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+            f'font-family="Inter, Roboto, Helvetica, Arial, sans-serif" role="img" '
+            f'aria-label="Sparse Modular Activation: route, compress, module, extract">'
+            f'<title>route -> compress -> module -> extract</title>{defs}'
+            f'<rect x="0" y="0" width="{W}" height="{H}" rx="14" fill="#ffffff"/>{"".join(p)}</svg>\n')
+
+
+def main() -> None:
+    for name, layout in (("sma.svg", WIDE), ("sma-narrow.svg", NARROW)):
+        out = Path(__file__).with_name(name)
+        layout = dict(layout)
+        out.write_text(draw(layout.pop("L"), layout.pop("active"), layout.pop("box"), **layout))
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Data-parallel training of a routed model: runs alone, or on N processes under torchrun.
+"""Data-parallel training of a routed model, alone or on N processes under torchrun.
 
     torchrun --nproc_per_node 2 docs/examples/ddp_train.py      # N processes
     python docs/examples/ddp_train.py                           # a group of one
@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 # torchrun sets these; run alone, this process is a group of one
-alone = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+alone = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+         "MASTER_ADDR": "127.0.0.1"}
 for key, value in alone.items():
     os.environ.setdefault(key, value)
 os.environ.setdefault("MASTER_PORT", str(free_port()))
@@ -46,7 +47,7 @@ data = torch.Generator().manual_seed(1000 + rank)  # each rank draws its own bat
 for _ in range(5):
     inputs = torch.randint(1, 16, (8, 64), generator=data)
     lengths = torch.randint(1, 65, (8,), generator=data)
-    mask = torch.arange(64) < lengths[:, None]  # padded; a short row may route nothing
+    mask = torch.arange(64) < lengths[:, None]  # a short row may route nothing
     target = inputs[:, 0] % 4
     logits = ddp(inputs.to(device), mask.to(device))
     loss = F.cross_entropy(logits, target.to(device)) + model.aux_loss()
@@ -55,6 +56,6 @@ for _ in range(5):
     opt.step()
 
 if rank == 0:
-    ratios = model.routing_stats()["ratio"]
+    ratios = [round(r, 2) for r in model.routing_stats()["ratio"]]
     print(f"{world} process(es), loss {loss.item():.3f}, attention ratios {ratios}")
 dist.destroy_process_group()

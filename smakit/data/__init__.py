@@ -14,7 +14,8 @@ Examples::
     >>> import tempfile
     >>> train = build_dataset("listops", "train", num_train=50, num_val=5, num_test=5,
     ...                       min_len=20, max_len=80, cache_dir=tempfile.mkdtemp())
-    >>> loader = torch.utils.data.DataLoader(train, batch_size=4, collate_fn=pad_collate)
+    >>> loader = torch.utils.data.DataLoader(train, batch_size=4,
+    ...                                      collate_fn=pad_collate)
     >>> x, mask, y = next(iter(loader))
     >>> x.shape[0], mask.dtype, y.shape, train.info.vocab_size
     (4, torch.bool, torch.Size([4]), 16)
@@ -67,7 +68,8 @@ def build_dataset(name: str, split: str = "train", **options) -> Dataset:
 
     Examples::
 
-        >>> ds = build_dataset("text", "val", path="/data/enwik8.zip", seq_len=1024)  # doctest: +SKIP
+        >>> ds = build_dataset("text", "val", path="enwik8.zip",  # doctest: +SKIP
+        ...                    seq_len=1024)
         >>> ds.info.task, ds.info.vocab_size  # doctest: +SKIP
         ('lm', 256)
     """
