@@ -76,8 +76,12 @@ def test_train_command_writes_metrics_plots_checkpoint_and_resumes(tmp_path, cac
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 6 and 5 in steps and steps.count(1) == 1  # continued, not restarted
 
+    capsys.readouterr()
     assert main(["eval", str(out)]) == 0
-    assert '"accuracy"' in capsys.readouterr().out
+    assert "test accuracy:" in capsys.readouterr().out  # readable by default
+    assert main(["eval", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["step"] == 6 and 0 <= report["metrics"]["accuracy"] <= 1
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, cache):
