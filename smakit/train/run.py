@@ -10,7 +10,6 @@ from ..data import majority_baseline
 from ..data.listops import VOCAB
 from .config import Recipe
 from .loop import Trainer
-from .plots import activation_pattern, learning_curves, routing_pattern
 from .rundir import atomic_write, dumps
 
 
@@ -44,6 +43,8 @@ def _train_and_report(trainer: Trainer, out: Path) -> dict:
 
 def write_plots(trainer: Trainer, out: Path) -> list[str]:
     """``learning_curves.png`` and ``activation_pattern.png`` (one test example)."""
+    from .plots import activation_pattern, learning_curves, routing_pattern  # matplotlib: only when plotting
+
     paths = [learning_curves(out / "metrics.jsonl", out / "learning_curves.png", trainer.recipe.name)]
     inputs, target = trainer.data["test"][0]
     x = inputs.unsqueeze(0).to(trainer.device)
