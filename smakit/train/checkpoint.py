@@ -53,7 +53,20 @@ def tensor_checksum(state: dict) -> str:
 
 
 def save_checkpoint(state: dict, path) -> None:
-    """Write ``state`` plus its ``checksum`` to ``path`` atomically."""
+    """Write ``state`` plus a ``checksum`` of its tensors to ``path`` atomically.
+
+    Args:
+        state (dict): at least ``model`` (a state dict), ``step`` and ``recipe``.
+        path (str or Path): the ``.pt`` file to (re)place.
+
+    Examples::
+
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "checkpoint.pt"
+        >>> save_checkpoint({"model": {"w": torch.ones(2)}, "step": 3, "recipe": {}}, path)
+        >>> load_checkpoint(path)["step"]
+        3
+    """
     state = {**state, "checksum": tensor_checksum(state)}
     with atomic_write(path, "wb") as f:
         torch.save(state, f)
@@ -77,6 +90,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     Args:
         path (str or Path): a ``.pt`` file or a run folder (its ``checkpoint.pt``).
         map_location: as in :func:`torch.load`. Default: ``"cpu"``.
+
+    Returns:
+        The state dict that :func:`save_checkpoint` wrote.
 
     Raises:
         ValueError: missing, empty, not a smakit checkpoint, or checksum mismatch.
