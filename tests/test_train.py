@@ -9,7 +9,7 @@ import torch
 from smakit.cli import main
 from smakit.train import list_recipes, load_recipe, parse_overrides
 from smakit.train.batching import StepBatchSampler
-from smakit.train.loop import Trainer
+from smakit.train.loop import Trainer, prepare_recipe
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare"
 TINY = {"data.num_train": 64, "data.num_val": 16, "data.num_test": 16, "data.min_len": 10, "data.max_len": 40,
@@ -38,6 +38,7 @@ def test_every_recipe_resolves_with_both_presets():
     for name in names:
         for preset in ("cpu", "full"):
             recipe = load_recipe(name, preset)
+            prepare_recipe(recipe)  # every key known, every value of the right type and range
             assert recipe.data["name"] and recipe.train["max_steps"] > 0, name
 
 

@@ -19,9 +19,9 @@ def _option_sources(arch: str) -> list:
     from ..models import HybridSMA, SeqBoat, SMATransformer
     from ..models.model import SeqBoatLayer
     from ..routing import ThresholdRouter, TopKRouter
-    from ..sma import sma
+    from ..sma import SparseModularActivation
 
-    routed = [sma, ThresholdRouter, TopKRouter]
+    routed = [SparseModularActivation, ThresholdRouter, TopKRouter]
     return {"seqboat": [SeqBoat, SeqBoatLayer], "sma_transformer": [SMATransformer, *routed],
             "hybrid": [HybridSMA, *routed]}.get(arch, [])
 
@@ -33,7 +33,7 @@ def accepted_keys(*callables) -> tuple[set[str], bool]:
         params = inspect.signature(fn).parameters.values()
         names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
         open_ended = any(p.kind == p.VAR_KEYWORD for p in params)
-    return names - {"self", "modules", "dim_in"}, open_ended
+    return names - {"self", "module", "modules", "num_modules"}, open_ended
 
 
 def _unknown(section: str, given, valid: set[str]) -> None:
