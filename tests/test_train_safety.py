@@ -159,6 +159,7 @@ def test_split_without_windows_is_an_error_not_zero(tmp_path):
     ({"train.betas": [0.9]}, r"train.betas .* two numbers"),
     ({"model.dimm": 3}, r"unknown key model.dimm; valid model keys: .*\bdim\b.*window"),
     ({"model.dim": "big"}, r"model.dim must be a number"),
+    ({"data.min_len": "ten"}, r"data.min_len must be a number"),
     ({"data.num_trian": 3}, r"unknown key data.num_trian; valid data keys: .*num_train"),
 ], ids=lambda v: str(v)[:30])
 def test_config_is_checked_before_data_or_model_is_built(override, message, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 # where a model's options go: the class, then the callables its **kwargs are passed on to
 IO_KEYS = ("vocab_size", "input_dim", "n_classes", "lm")  # set from the data, not the recipe
-PATH_KEYS = ("path", "cache_dir")  # data keys that name files: stored resolved
+PATH_KEYS = ("path", "root", "cache_dir")  # data keys that name files: stored resolved
 
 
 def _option_sources(arch: str) -> list:
@@ -81,6 +81,9 @@ def check_data_table(data: dict, loading_keys=()) -> None:
     names, open_ended = accepted_keys(DATASETS[name])
     if not open_ended:
         _unknown("data", data, (names - {"split"}) | {"name", *loading_keys})
+    for p in inspect.signature(DATASETS[name]).parameters.values():
+        if p.name in data:
+            _check_like_default(f"data.{p.name}", data[p.name], p.default)
 
 
 def resolve_paths(data: dict) -> dict:
