@@ -115,6 +115,13 @@ def test_folder_that_is_not_a_run_and_empty_out_are_refused(tmp_path, cache):
         Trainer(tiny(), "", progress=False)
 
 
+def test_run_written_before_manifests_still_resumes(tmp_path, cache):
+    Trainer(tiny(**{"train.max_steps": 6}), tmp_path / "r", progress=False).train(until=3)
+    (tmp_path / "r" / MANIFEST).unlink()  # as an older smakit left it: config.json + checkpoint.pt
+    resumed = Trainer(tiny(**{"train.max_steps": 6}), tmp_path / "r", progress=False)
+    assert resumed.step == 3
+
+
 def test_lock_refuses_a_live_holder_and_replaces_a_stale_one(tmp_path, cache):
     run = tmp_path / "r"
     run.mkdir()
@@ -157,10 +164,10 @@ def test_split_without_windows_is_an_error_not_zero(tmp_path):
     ({"train.eval_every": 0}, r"train.eval_every \(--eval-every\) must be an integer >= 1"),
     ({"train.batch_size": 0}, r"train.batch_size .* >= 1"),
     ({"train.betas": [0.9]}, r"train.betas .* two numbers"),
-    ({"model.dimm": 3}, r"unknown key model.dimm; valid model keys: .*\bdim\b.*window"),
+    ({"model.dimm": 3}, r"unknown key model.dimm \(did you mean model.dim\?\); valid model keys: .*\bdim\b.*window"),
     ({"model.dim": "big"}, r"model.dim must be a number"),
     ({"data.min_len": "ten"}, r"data.min_len must be a number"),
-    ({"data.num_trian": 3}, r"unknown key data.num_trian; valid data keys: .*num_train"),
+    ({"data.num_trian": 3}, r"unknown key data.num_trian .*; valid data keys: .*num_train"),
 ], ids=lambda v: str(v)[:30])
 def test_config_is_checked_before_data_or_model_is_built(override, message, tmp_path, monkeypatch):
     def never(*a, **k):
@@ -216,6 +223,8 @@ def test_cli_user_mistakes_are_one_line(tmp_path, cache, capsys):
         (["eval", str(tmp_path / "missing.pt")], "no such checkpoint"),
         (["eval", str(tmp_path / "text.pt")], "not a smakit checkpoint"),
         (["generate", str(tmp_path / "text.pt")], "not a smakit checkpoint"),
+        (["train", "seqboat-charlm", "--out", str(tmp_path / "b"), "--data.path", str(tmp_path / "nope")],
+         "no text file or folder at"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
@@ -223,6 +232,15 @@ def test_cli_user_mistakes_are_one_line(tmp_path, cache, capsys):
         assert err.startswith("smakit: error:") and message in err and "\n" not in err, (argv, err)
     with pytest.raises(ValueError):  # --debug: the real exception, traceback and all
         main(["--debug", "eval", str(tmp_path / "text.pt")])
+
+
+def test_cli_os_errors_are_one_line(monkeypatch, capsys):
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/data/private")
+
+    monkeypatch.setattr("smakit.cli.cmd_recipes", denied)  # tests run as root: chmod cannot deny
+    assert main(["recipes"]) == 2
+    assert capsys.readouterr().err.strip() == "smakit: error: permission denied: /data/private"
 
 
 # -- issue 13 item 5 ------------------------------------------------------------------------

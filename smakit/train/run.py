@@ -91,6 +91,9 @@ def format_summary(summary: dict) -> str:
     if "majority_accuracy" in summary:
         lines.append(f"majority-class baseline: {summary['majority_accuracy']:.4f} (always class {summary['majority_class']})")
     lines += metric_lines[1:]
+    best = summary.get("best")
+    if best:
+        lines.append(f"best checkpoint: best.pt ({best['metric']} {best['value']:.4f} at step {best['step']})")
     for p in summary.get("plots", []):
         lines.append(f"plot: {p}")
     return "\n".join(lines)

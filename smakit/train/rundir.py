@@ -139,7 +139,7 @@ class RunDir:
             raise ValueError(f"--out {self.path} is a file, not a folder")
         if not self.path.exists():
             return
-        found = self.read_manifest()
+        found = self.read_manifest() or self._legacy_manifest()
         if found is None:
             if any(not p.name.startswith(LOCK) for p in self.path.iterdir()):
                 raise ValueError(f"--out {self.path} is not a smakit run folder (it has files but no "
@@ -152,6 +152,19 @@ class RunDir:
         raise ValueError(f"--out {self.path} holds a run of recipe {found.get('recipe')!r} with other "
                          f"settings ({'; '.join(diffs) or 'config hash differs'}); a run folder holds one "
                          "model and data set: pass a new --out, or drop these overrides to resume it")
+
+    def _legacy_manifest(self) -> dict | None:
+        """A run written before manifests existed: ``checkpoint.pt`` beside the ``config.json``
+        smakit wrote (a recipe dict); anything else is not taken for a run."""
+        try:
+            config = json.loads((self.path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        keys = ("name", "data", "model", "train")
+        if not (self.path / "checkpoint.pt").exists() or not isinstance(config, dict) or any(k not in config for k in keys):
+            return None
+        return {"recipe": config["name"], "config_hash": config_hash(config), "data": config["data"],
+                "model": config["model"]}
 
     @contextmanager
     def claimed(self):

@@ -6,6 +6,7 @@ an unknown key lists the valid ones.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from dataclasses import fields
 from pathlib import Path
@@ -39,8 +40,10 @@ def accepted_keys(*callables) -> tuple[set[str], bool]:
 def _unknown(section: str, given, valid: set[str]) -> None:
     bad = sorted(set(given) - valid)
     if bad:
-        raise ValueError(f"unknown key{'s' if len(bad) > 1 else ''} "
-                         f"{', '.join(f'{section}.{k}' for k in bad)}; valid {section} keys: {', '.join(sorted(valid))}")
+        close = difflib.get_close_matches(bad[0], valid, n=1)
+        hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+        raise ValueError(f"unknown key{'s' if len(bad) > 1 else ''} {', '.join(f'{section}.{k}' for k in bad)}"
+                         f"{hint}; valid {section} keys: {', '.join(sorted(valid))}")
 
 
 def check_model_table(model: dict) -> None:
