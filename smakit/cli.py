@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+
 import torch
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130

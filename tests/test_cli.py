@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import tiny_args
 
 from smakit.cli import main
 from smakit.train.checkpoint import load_checkpoint
 from smakit.train.rundir import LOCK
-from test_train import TINY, tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
 LM = {"data.seq_len": 16, "model.dim": 16, "model.depth": 1, "model.qk_dim": 8, "model.value_dim": 16,
@@ -102,7 +102,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    rc, stdout, stderr = finish(proc)
+    rc, _, stderr = finish(proc)
     assert rc == 130, stderr
     assert "interrupted at step" in stderr and "Traceback" not in stderr
     step = load_checkpoint(out)["step"]

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from test_train import TINY, tiny_args
 
 from smakit.cli import main
 from smakit.train import load_recipe
@@ -18,7 +19,6 @@ from smakit.train.checkpoint import load_checkpoint, save_checkpoint
 from smakit.train.loop import Trainer, lr_lambda
 from smakit.train.rundir import LOCK, MANIFEST, atomic_write
 from smakit.train.stopping import TrainingDiverged
-from test_train import TINY, tiny_args
 
 
 @pytest.fixture

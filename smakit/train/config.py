@@ -47,7 +47,7 @@ class Recipe:
                 "data": self.data, "model": self.model, "train": self.train}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
+    def from_dict(cls, d: dict) -> Recipe:
         """The inverse of :meth:`as_dict` (what a checkpoint stores)."""
         return cls(d["name"], d.get("description", ""), dict(d["data"]), dict(d["model"]), dict(d["train"]),
                    preset=d.get("preset"))

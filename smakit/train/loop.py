@@ -13,7 +13,6 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,12 @@ from .checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import Recipe
 from .rundir import RunDir, atomic_write, dumps
 from .stopping import TrainingDiverged, TrainingInterrupted, catch_sigint
-from .validate import check_data_table, check_model_table, check_train_table, resolve_paths
+from .validate import (
+    check_data_table,
+    check_model_table,
+    check_train_table,
+    resolve_paths,
+)
 
 
 @dataclass
@@ -77,7 +81,7 @@ class TrainConfig:
     max_minutes: float = 0.0
 
     @classmethod
-    def from_dict(cls, table: dict) -> "TrainConfig":
+    def from_dict(cls, table: dict) -> TrainConfig:
         """Checked: unknown keys, types and ranges are one-line ``ValueError`` errors."""
         return check_train_table(cls, table)
 
@@ -309,13 +313,9 @@ class Trainer:
         with self.claim():
             if self.ctx.is_main:
                 self._start_files()
-            log = open(self.out / "metrics.jsonl", "a") if self.ctx.is_main else None
-            try:
-                with catch_sigint() as stop:
-                    return self._train(until, log, stop)
-            finally:
-                if log:
-                    log.close()
+            opened = open(self.out / "metrics.jsonl", "a") if self.ctx.is_main else nullcontext()
+            with opened as log, catch_sigint() as stop:
+                return self._train(until, log, stop)
 
     def _start_files(self) -> None:
         for note in self.notes:

@@ -135,7 +135,7 @@ def _listops_class(name: str) -> str:
 
 def _image_pattern(pattern, inputs, out_png, title):
     n_layers, L = pattern.shape
-    side = int(math.isqrt(L))
+    side = math.isqrt(L)
     fig = Figure(figsize=(2.2 * (n_layers + 1), 2.6))
     axes = fig.subplots(1, n_layers + 1)
     axes[0].imshow(inputs.reshape(L, -1)[: side * side, 0].float().reshape(side, side).numpy(), cmap="gray")

@@ -43,7 +43,11 @@ def _train_and_report(trainer: Trainer, out: Path) -> dict:
 
 def write_plots(trainer: Trainer, out: Path) -> list[str]:
     """``learning_curves.png`` and ``activation_pattern.png`` (one test example)."""
-    from .plots import activation_pattern, learning_curves, routing_pattern  # matplotlib: only when plotting
+    from .plots import (  # matplotlib: only when plotting
+        activation_pattern,
+        learning_curves,
+        routing_pattern,
+    )
 
     paths = [learning_curves(out / "metrics.jsonl", out / "learning_curves.png", trainer.recipe.name)]
     inputs, target = trainer.data["test"][0]
