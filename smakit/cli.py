@@ -51,6 +51,11 @@ def cmd_eval(args) -> int:
     report = {"checkpoint": str(ckpt), "recipe": trainer.recipe.name, "preset": trainer.recipe.preset,
               "step": trainer.step, "parameters": sum(p.numel() for p in trainer.model.parameters()),
               "metrics": trainer.evaluate(args.split)}
+    if trainer.info.task == "classification":
+        from .data import majority_baseline
+
+        cls, acc = majority_baseline(trainer.data["train"], trainer.data[args.split])
+        report["majority_class"], report["majority_accuracy"] = cls, acc
     if args.json:
         from .train.rundir import dumps
 

@@ -79,7 +79,8 @@ def test_train_command_writes_metrics_plots_checkpoint_and_resumes(tmp_path, cac
 
     capsys.readouterr()
     assert main(["eval", str(out)]) == 0
-    assert "test accuracy:" in capsys.readouterr().out  # readable by default
+    printed = capsys.readouterr().out  # readable by default
+    assert "test accuracy:" in printed and "majority-class baseline:" in printed
     assert main(["eval", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["step"] == 6 and 0 <= report["metrics"]["accuracy"] <= 1

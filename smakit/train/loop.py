@@ -194,6 +194,7 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------
     def state(self) -> dict:
+        """What a checkpoint holds: weights, optimiser, schedule, step, best metric, recipe."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step, "best": self.best,
                 "recipe": self.recipe.as_dict(), "info": self.info.__dict__}
@@ -215,6 +216,7 @@ class Trainer:
         self._resume(load_checkpoint(path, map_location=self.device))
 
     def load_weights(self, state: dict, path) -> None:
+        """Load only the model weights of a checkpoint ``state`` read from ``path``."""
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as err:

@@ -82,7 +82,11 @@ def format_eval(report: dict) -> str:
     """Readable lines for ``smakit eval``: which checkpoint, then its metrics."""
     head = (f"checkpoint {report['checkpoint']}: recipe {report['recipe']} ({_preset_text(report['preset'])}), "
             f"step {report['step']}, {report['parameters']:,} parameters")
-    return "\n".join([head, *format_metrics(report["metrics"])])
+    lines = format_metrics(report["metrics"])
+    if "majority_accuracy" in report:
+        lines.insert(1, f"majority-class baseline: {report['majority_accuracy']:.4f} "
+                        f"(always class {report['majority_class']})")
+    return "\n".join([head, *lines])
 
 
 def format_summary(summary: dict) -> str:
