@@ -9,7 +9,7 @@ import torch
 from smakit.cli import main
 from smakit.train import list_recipes, load_recipe, parse_overrides
 from smakit.train.batching import StepBatchSampler
-from smakit.train.loop import Trainer
+from smakit.train.loop import Trainer, prepare_recipe
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare"
 TINY = {"data.num_train": 64, "data.num_val": 16, "data.num_test": 16, "data.min_len": 10, "data.max_len": 40,
@@ -38,6 +38,7 @@ def test_every_recipe_resolves_with_both_presets():
     for name in names:
         for preset in ("cpu", "full"):
             recipe = load_recipe(name, preset)
+            prepare_recipe(recipe)  # every key known, every value of the right type and range
             assert recipe.data["name"] and recipe.train["max_steps"] > 0, name
 
 
@@ -76,8 +77,13 @@ def test_train_command_writes_metrics_plots_checkpoint_and_resumes(tmp_path, cac
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 6 and 5 in steps and steps.count(1) == 1  # continued, not restarted
 
+    capsys.readouterr()
     assert main(["eval", str(out)]) == 0
-    assert '"accuracy"' in capsys.readouterr().out
+    printed = capsys.readouterr().out  # readable by default
+    assert "test accuracy:" in printed and "majority-class baseline:" in printed
+    assert main(["eval", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["step"] == 6 and 0 <= report["metrics"]["accuracy"] <= 1
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, cache):

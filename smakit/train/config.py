@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 SECTIONS = ("data", "model", "train")
 DEFAULT_PRESET = "cpu"
+NO_PRESET = "none"  # ``--preset none``: the recipe's base tables only
 
 
 def recipes_dir() -> Path:
@@ -45,6 +46,12 @@ class Recipe:
         return {"name": self.name, "description": self.description, "preset": self.preset,
                 "data": self.data, "model": self.model, "train": self.train}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        """The inverse of :meth:`as_dict` (what a checkpoint stores)."""
+        return cls(d["name"], d.get("description", ""), dict(d["data"]), dict(d["model"]), dict(d["train"]),
+                   preset=d.get("preset"))
+
 
 def list_recipes() -> dict[str, str]:
     """``{name: description}`` of every recipe in :func:`recipes_dir`."""
@@ -61,7 +68,8 @@ def load_recipe(name_or_path: str, preset: str | None = DEFAULT_PRESET, override
     Args:
         name_or_path (str): a recipe name from ``smakit recipes`` or a ``.toml`` path.
         preset (str, optional): ``"cpu"`` (minutes on a laptop) or ``"full"`` (the paper's
-            sizes); ``None`` for the base tables only. Default: ``"cpu"``.
+            sizes); ``None`` or ``"none"`` for the base tables only. A recipe without any
+            preset runs its base tables under the default too. Default: ``"cpu"``.
         overrides (dict, optional): ``{"train.max_steps": 30, "dim": 64, ...}``; a key
             without a section is looked up in ``train``, ``model``, ``data`` in that order.
     """
@@ -74,9 +82,12 @@ def load_recipe(name_or_path: str, preset: str | None = DEFAULT_PRESET, override
     raw = _read_with_parents(path)
     recipe = Recipe(path.stem, raw.get("description", ""),
                     *(copy.deepcopy(raw.get(s, {})) for s in SECTIONS), raw.get("presets", {}))
-    if preset is not None:
+    if preset == DEFAULT_PRESET and not recipe.presets:
+        preset = None
+    if preset is not None and preset != NO_PRESET:
         if preset not in recipe.presets:
-            raise ValueError(f"recipe {recipe.name!r} has no preset {preset!r}; it has {sorted(recipe.presets)}")
+            raise ValueError(f"recipe {recipe.name!r} has no preset {preset!r}; it has "
+                             f"{sorted(recipe.presets) + [NO_PRESET]} ({NO_PRESET}: the base tables only)")
         recipe.preset = preset
         apply_overrides(recipe, recipe.presets[preset])
     apply_overrides(recipe, overrides or {})
@@ -92,7 +103,7 @@ def _read_with_parents(path: Path, seen: tuple = ()) -> dict:
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
-    base = _read_with_parents(path.parent / f"{parent}.toml", seen + (path,))
+    base = _read_with_parents(_parent_path(path, parent), seen + (path,))
     for key, value in raw.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             merged = {**base[key]}
@@ -102,6 +113,17 @@ def _read_with_parents(path: Path, seen: tuple = ()) -> dict:
         else:
             base[key] = value
     return base
+
+
+def _parent_path(path: Path, parent) -> Path:
+    """The recipe ``parent`` names: a bare recipe name beside ``path``, never a path elsewhere."""
+    if not isinstance(parent, str) or not parent or any(c in parent for c in "/\\:") or parent.startswith("."):
+        raise ValueError(f"recipe {path.stem!r}: extends must be the name of a recipe in the same folder, "
+                         f"got {parent!r}")
+    found = path.parent / f"{parent}.toml"
+    if not found.exists():
+        raise ValueError(f"recipe {path.stem!r} extends {parent!r}, but there is no {found}")
+    return found
 
 
 def apply_overrides(recipe: Recipe, overrides: dict) -> None:

@@ -33,12 +33,28 @@ def setup(device: str | None = None) -> DistContext:
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = parse_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
         tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return DistContext(rank, world, local, dev)
+
+
+def parse_device(device: str) -> torch.device:
+    """``torch.device(device)``, refusing a device this machine does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or mps, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() "
+                         "is False); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+    return dev
 
 
 def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
@@ -61,3 +77,12 @@ def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.enabled:
         tdist.all_reduce(t)
     return t
+
+
+def any_rank(flags: list[bool], ctx: DistContext) -> list[bool]:
+    """Per flag, whether it is set on any rank (so every rank stops at the same step)."""
+    if not ctx.enabled:
+        return list(flags)
+    t = torch.tensor([float(f) for f in flags], device=ctx.device)
+    tdist.all_reduce(t)
+    return [bool(v > 0) for v in t.tolist()]

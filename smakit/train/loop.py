@@ -11,28 +11,36 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..data import bits_per_byte
+from ..data.base import IGNORE_INDEX
 from ..sma import SparseModularActivation, aux_losses
 from . import distributed as dist
 from ._extra import require_train_extra
 from .batching import StepBatchSampler
-from .build import build_datasets, build_model, collate_fn
+from .build import DATA_LOADING_KEYS, SPLITS, build_datasets, build_model, collate_fn
+from .checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import Recipe
+from .rundir import RunDir, atomic_write, dumps
+from .stopping import TrainingDiverged, TrainingInterrupted, catch_sigint
+from .validate import (
+    check_data_table,
+    check_model_table,
+    check_train_table,
+    resolve_paths,
+)
 
 try:
     from tqdm.auto import tqdm
 except ImportError:  # the `train` extra is missing; Trainer.train says so
     tqdm = None
-
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -79,11 +87,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, table: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(table) - known
-        if unknown:
-            raise ValueError(f"unknown [train] keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**table)
+        """Checked: unknown keys, types and ranges are one-line ``ValueError`` errors."""
+        return check_train_table(cls, table)
 
 
 def lr_lambda(step: int, cfg: TrainConfig) -> float:
@@ -114,8 +119,8 @@ def task_loss(logits: torch.Tensor, targets: torch.Tensor, task: str) -> tuple[t
     """Cross-entropy and the sums behind accuracy: ``{"correct", "count"}`` (LM: per token)."""
     if task == "lm":
         flat, y = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-        loss = F.cross_entropy(flat.float(), y, ignore_index=-100)
-        valid = y != -100
+        loss = F.cross_entropy(flat.float(), y, ignore_index=IGNORE_INDEX)
+        valid = y != IGNORE_INDEX
         correct = (flat.argmax(-1) == y)[valid].sum()
         return loss, {"correct": correct, "count": valid.sum()}
     loss = F.cross_entropy(logits.float(), targets)
@@ -128,54 +133,127 @@ def activation_ratios(model: nn.Module) -> list[float]:
     return [float(m.stats.ratio.sum()) for m in layers]
 
 
+
+# train keys that shape the optimiser and its schedule; on resume they are applied from the
+# current step on (the others only change what happens next, e.g. the data order)
+OPTIMIZER_KEYS = ("lr", "min_lr_ratio", "warmup_steps", "max_steps", "weight_decay", "betas")
+
+
+def prepare_recipe(recipe: Recipe) -> TrainConfig:
+    """Validate ``recipe`` (types, ranges, unknown keys) and resolve its data paths in place."""
+    recipe.data = resolve_paths(recipe.data)
+    cfg = TrainConfig.from_dict(recipe.train)
+    check_data_table(recipe.data, DATA_LOADING_KEYS)
+    check_model_table(recipe.model)
+    return cfg
+
+
+def check_splits(data: dict, data_cfg: dict, splits=SPLITS) -> None:
+    """A split without a single example is an error, not a loss of 0."""
+    for split in splits:
+        if len(data[split]) == 0:
+            hint = ""
+            if "seq_len" in data_cfg:
+                hint = (f"; each window needs data.seq_len + 1 = {data_cfg['seq_len'] + 1} bytes of the split: "
+                        "lower data.seq_len or give more text")
+            raise ValueError(f"the {split} split of data {data_cfg.get('name')!r} has no examples{hint}")
+
+
 class Trainer:
     """Runs one recipe into ``out_dir`` (resuming from its checkpoint when there is one).
 
+    The recipe is checked (types, ranges, unknown keys) and the folder is checked (a smakit
+    run of the same data and model, or new) before any data or model is built; nothing is
+    written before :meth:`train`. ``out_dir=None`` gives a read-only trainer for evaluation.
+
     Args:
         recipe (Recipe): the resolved recipe.
-        out_dir (str or Path): run folder for ``metrics.jsonl``, checkpoints and plots.
+        out_dir (str or Path, optional): run folder for ``metrics.jsonl``, checkpoints and plots.
         device (str, optional): default CUDA when available (the local rank under torchrun).
         progress (bool): show a progress bar. Default: ``True``.
     """
 
     def __init__(self, recipe: Recipe, out_dir, device: str | None = None, progress: bool = True):
-        self.recipe, self.out = recipe, Path(out_dir)
-        self.cfg = TrainConfig.from_dict(recipe.train)
+        self.recipe = recipe
+        self.cfg = prepare_recipe(recipe)
+        self.run_dir = None if out_dir is None else RunDir(out_dir, recipe.as_dict())
+        self.out = None if out_dir is None else self.run_dir.path
         self.ctx = dist.setup(device)
         self.device = self.ctx.device
         self.progress = progress and self.ctx.is_main
+        if self.run_dir is not None and self.ctx.is_main:
+            self.run_dir.check()
         torch.manual_seed(self.cfg.seed)
         self.data = build_datasets(recipe.data)
+        if self.run_dir is not None:
+            check_splits(self.data, recipe.data)
         self.info = self.data["train"].info
         self.model = build_model(self.info, recipe.model).to(self.device)
         self.ddp_model = dist.wrap(self.model, self.ctx)
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_lambda, cfg=self.cfg))
-        self.step = 0
-        if self.ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(recipe.as_dict(), indent=2, default=str))
-        if (self.out / CHECKPOINT).exists():
-            self.load(self.out / CHECKPOINT)
+        self.step, self.saved_step, self.best = 0, None, None
+        self.notes: list[str] = []  # what a resume changed, printed by train()
+        if self.run_dir is not None and (self.out / CHECKPOINT).exists():
+            self._resume(load_checkpoint(self.out / CHECKPOINT, map_location=self.device))
 
     # -- checkpoints -------------------------------------------------------------------
-    def save(self, path: Path | None = None) -> None:
+    def state(self) -> dict:
+        """What a checkpoint holds: weights, optimiser, schedule, step, best metric, recipe."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step, "best": self.best,
+                "recipe": self.recipe.as_dict(), "info": self.info.__dict__}
+
+    def save(self, best: bool = False) -> None:
+        """``checkpoint.pt`` (and ``best.pt``), only from finite weights."""
         if not self.ctx.is_main:
             return
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "step": self.step,
-                 "recipe": self.recipe.as_dict(), "info": self.info.__dict__}
-        path = path or self.out / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise TrainingDiverged(self._diverged_text("the weights are not finite"))
+        state = self.state()
+        save_checkpoint(state, self.out / CHECKPOINT)
+        if best:
+            save_checkpoint(state, self.out / BEST)
+        self.saved_step = self.step
 
-    def load(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
+    def load(self, path) -> None:
+        """Load a checkpoint's weights, optimiser, schedule and step (same model config)."""
+        self._resume(load_checkpoint(path, map_location=self.device))
+
+    def load_weights(self, state: dict, path) -> None:
+        """Load only the model weights of a checkpoint ``state`` read from ``path``."""
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()
+            raise ValueError(f"{path} does not fit the model this recipe builds "
+                             f"({' '.join(first[:2])[:300]})") from None
+
+    def _resume(self, state: dict) -> None:
+        self.load_weights(state, self.out / CHECKPOINT if self.out else "checkpoint")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step = state["step"]
+        self.step = self.saved_step = state["step"]
+        self.best = state.get("best")
+        self._apply_changed_settings(state["recipe"]["train"])
+
+    def _apply_changed_settings(self, old_table: dict) -> None:
+        """Resume with the settings of this command: new optimiser values drive the schedule."""
+        known = set(asdict(self.cfg))
+        old, new = asdict(TrainConfig(**{k: v for k, v in old_table.items() if k in known})), asdict(self.cfg)
+        changed = [k for k in new if list(_as_tuple(old[k])) != list(_as_tuple(new[k]))]
+        if not changed:
+            return
+        cfg, groups = self.cfg, self.optimizer.param_groups
+        self.scheduler.base_lrs = [cfg.lr] * len(groups)
+        for g in groups:
+            g["initial_lr"], g["betas"] = cfg.lr, tuple(cfg.betas)
+            g["lr"] = cfg.lr * lr_lambda(self.step, cfg)
+        groups[0]["weight_decay"] = cfg.weight_decay  # group 0 holds the decayed matrices
+        self.scheduler._last_lr = [g["lr"] for g in groups]
+        text = ", ".join(f"train.{k} {old[k]!r} -> {new[k]!r}" for k in changed)
+        self.notes.append(f"resuming at step {self.step} with changed settings: {text}; applied from step "
+                          f"{self.step} on (the learning rate now follows the new schedule)")
 
     # -- data --------------------------------------------------------------------------
     def _loader(self, split: str, sampler=None, shuffle=False) -> DataLoader:
@@ -201,6 +279,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict:
+        check_splits(self.data, self.recipe.data, [split])
         self.model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
         ratios = []
@@ -214,23 +293,57 @@ class Trainer:
             ratios.append(activation_ratios(self.model))
         sums = dist.all_reduce_sum(sums, self.ctx)
         self.model.train()
-        n = max(sums[2].item(), 1.0)
+        if sums[2].item() == 0:
+            raise ValueError(f"the {split} split gave no targets to score")
+        n = sums[2].item()
         out = {"split": split, "loss": sums[0].item() / n, "accuracy": sums[1].item() / n}
         if self.info.task == "lm":
-            out["bpc"] = out["loss"] / math.log(2)
+            out["bpc"] = bits_per_byte(out["loss"])
         if ratios and ratios[0]:
             out["activation"] = [sum(col) / len(col) for col in zip(*ratios)]
         return out
 
+    def claim(self):
+        """Context holding the run folder (lock, manifest) on the main process."""
+        if self.run_dir is None:
+            raise ValueError("this trainer has no run folder (out_dir=None): it can only evaluate")
+        return self.run_dir.claimed() if self.ctx.is_main else nullcontext()
+
     def train(self, until: int | None = None) -> dict:
-        """Train to ``max_steps`` (or stop early at step ``until``, as an interruption would)."""
+        """Train to ``max_steps`` (or stop early at step ``until``, as an interruption would).
+
+        Raises:
+            TrainingDiverged: a non-finite loss, gradient or metric; the last good
+                ``checkpoint.pt`` is kept.
+            TrainingInterrupted: Ctrl-C; ``checkpoint.pt`` holds the last finished step.
+        """
         require_train_extra("Trainer.train")
+        with self.claim():
+            if self.ctx.is_main:
+                self._start_files()
+            opened = open(self.out / "metrics.jsonl", "a") if self.ctx.is_main else nullcontext()
+            with opened as log, catch_sigint() as stop:
+                return self._train(until, log, stop)
+
+    def _start_files(self) -> None:
+        for note in self.notes:
+            print(note, flush=True)
+        with atomic_write(self.out / "config.json") as f:
+            f.write(dumps(self.recipe.as_dict(), indent=2))
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():  # drop what was logged after the checkpoint we resume from
+            lines = metrics.read_text().splitlines()
+            keep = [line for line in lines if _step_of(line) is not None and _step_of(line) <= self.step]
+            if len(keep) != len(lines):
+                with atomic_write(metrics) as f:
+                    f.write("".join(line + "\n" for line in keep))
+
+    def _train(self, until, log, stop) -> dict:
         cfg = self.cfg
         last = cfg.max_steps if until is None else min(until, cfg.max_steps)
         sampler = StepBatchSampler(len(self.data["train"]), cfg.batch_size, cfg.seed, self.ctx.rank,
                                    self.ctx.world_size, start=self.step * cfg.grad_accum)
         batches = iter(self._loader("train", sampler=sampler))
-        log = open(self.out / "metrics.jsonl", "a") if self.ctx.is_main else None
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress, desc=self.recipe.name,
                    dynamic_ncols=True)
         start, tokens, window_start = time.time(), 0, time.time()
@@ -239,7 +352,7 @@ class Trainer:
             if cfg.max_minutes and time.time() - start > cfg.max_minutes * 60:
                 bar.write(f"time limit of {cfg.max_minutes} min reached at step {self.step}")
                 break
-            stats = self._optimizer_step(batches)
+            stats = self._optimizer_step(batches, log)
             tokens += stats.pop("tokens")
             self.step += 1
             bar.update(1)
@@ -250,21 +363,39 @@ class Trainer:
                 bar.set_postfix(self._postfix(stats))
                 self._write(log, {"kind": "train", **stats})
             if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
-                metrics = self.evaluate("val")
-                self._write(log, {"kind": "eval", "step": self.step, **metrics})
-                bar.write(self._describe(metrics))
-                self.save()
+                self._evaluate_and_save(log, bar)
+            if dist.any_rank([stop[0]], self.ctx)[0]:
+                bar.close()
+                if self.saved_step != self.step:
+                    self.save()
+                raise TrainingInterrupted(f"interrupted at step {self.step}: saved {self.out / CHECKPOINT}; "
+                                          "run the same command again to resume")
         bar.close()
         if self.step % cfg.eval_every and self.step != cfg.max_steps:  # stopped early: close the curve
-            metrics = self.evaluate("val")
-            self._write(log, {"kind": "eval", "step": self.step, **metrics})
-            bar.write(self._describe(metrics))
-        self.save()
-        if log:
-            log.close()
+            self._evaluate_and_save(log, bar)
+        elif self.saved_step != self.step:
+            self.save()
         return {"steps": self.step, "minutes": (time.time() - start) / 60}
 
-    def _optimizer_step(self, batches) -> dict:
+    def _evaluate_and_save(self, log, bar) -> None:
+        metrics = self.evaluate("val")
+        self._write(log, {"kind": "eval", "step": self.step, **metrics})
+        bar.write(self._describe(metrics))
+        if not math.isfinite(metrics["loss"]):
+            raise TrainingDiverged(self._diverged_text(f"validation loss is {metrics['loss']}"))
+        key, sign = ("loss", -1) if self.info.task == "lm" else ("accuracy", 1)
+        better = self.best is None or sign * metrics[key] > sign * self.best["value"]
+        if better:
+            self.best = {"metric": f"val {key}", "value": metrics[key], "step": self.step}
+        self.save(best=better)
+
+    def _diverged_text(self, what: str) -> str:
+        kept = (f"{self.out / CHECKPOINT} keeps step {self.saved_step}" if self.saved_step is not None
+                else "no checkpoint had been saved yet")
+        return (f"training diverged at step {self.step}: {what}; stopped without saving ({kept}). "
+                f"Try a lower --lr (now {self.cfg.lr}) or --grad-clip")
+
+    def _optimizer_step(self, batches, log) -> dict:
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "correct": 0, "count": 0, "tokens": 0}
@@ -278,14 +409,22 @@ class Trainer:
             totals["correct"] += int(acc["correct"])
             totals["count"] += int(acc["count"])
             totals["tokens"] += int(mask.sum()) * self.ctx.world_size
+        norm = math.nan
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        bad_loss, bad_norm = dist.any_rank([not math.isfinite(totals["loss"]),
+                                            cfg.grad_clip > 0 and not math.isfinite(norm)], self.ctx)
+        if bad_loss or bad_norm:
+            self._write(log, {"kind": "diverged", "step": self.step + 1, "loss": totals["loss"]})
+            what = f"loss {totals['loss']}" if bad_loss else f"gradient norm {norm}"
+            self.step += 1
+            raise TrainingDiverged(self._diverged_text(f"non-finite {what}"))
         self.optimizer.step()
         self.scheduler.step()
         out = {"loss": totals["loss"], "accuracy": totals["correct"] / max(totals["count"], 1),
                "tokens": totals["tokens"], "activation": activation_ratios(self.model)}
         if self.info.task == "lm":
-            out["bpc"] = out["loss"] / math.log(2)
+            out["bpc"] = bits_per_byte(out["loss"])
         return out
 
     def _postfix(self, stats: dict) -> dict:
@@ -305,5 +444,16 @@ class Trainer:
 
     def _write(self, log, record: dict) -> None:
         if log:
-            log.write(json.dumps(record) + "\n")
+            log.write(dumps(record) + "\n")  # strict JSON: NaN becomes null
             log.flush()
+
+
+def _as_tuple(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else (v,)
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None

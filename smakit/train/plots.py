@@ -1,4 +1,8 @@
-"""PNG plots written by every run: learning curves and where the routers spent compute."""
+"""PNG plots written by every run: learning curves and where the routers spent compute.
+
+Figures are drawn on ``matplotlib.figure.Figure`` (no ``pyplot``), so importing this
+module leaves the user's matplotlib backend alone.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +11,39 @@ import math
 from pathlib import Path
 
 import torch
+
+try:
+    from matplotlib.figure import Figure
+except ImportError:  # the `train` extra is missing; Trainer.train says so before any plot
+    Figure = None
 from torch import nn
 
 from ..sma import SparseModularActivation
-
-try:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:  # the `train` extra is missing; Trainer.train says so before any plot
-    plt = None
+from .rundir import atomic_write
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``; ``null`` (a non-finite value) reads as NaN."""
     if not Path(path).exists():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [{k: math.nan if v is None else v for k, v in r.items()} for r in records]
+
+
+def _save(fig: Figure, out_png: Path) -> Path:
+    with atomic_write(out_png, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    return out_png
 
 
 def learning_curves(metrics_path: Path, out_png: Path, title: str = "") -> Path:
     """Loss, accuracy (or bits per byte) and activation ratio against the step."""
     records = read_metrics(metrics_path)
-    train = [r for r in records if r["kind"] == "train"]
-    evals = [r for r in records if r["kind"] == "eval"]
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
     lm = any("bpc" in r for r in records)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     ax = axes[0]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", alpha=0.8)
     ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation")
@@ -56,9 +67,7 @@ def learning_curves(metrics_path: Path, out_png: Path, title: str = "") -> Path:
         ax.text(0.5, 0.5, "no routed layers", ha="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
 
 
 @torch.no_grad()
@@ -95,8 +104,8 @@ def activation_pattern(pattern: torch.Tensor, inputs: torch.Tensor, out_png: Pat
     inputs = inputs.cpu()
     if kind == "image" and n_layers:
         return _image_pattern(pattern, inputs, out_png, title)
-    fig, axes = plt.subplots(2, 1, figsize=(12, 1.6 + 0.35 * max(n_layers, 1)), sharex=True,
-                             gridspec_kw={"height_ratios": [1, max(n_layers, 1) * 0.6]})
+    fig = Figure(figsize=(12, 1.6 + 0.35 * max(n_layers, 1)))
+    axes = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, max(n_layers, 1) * 0.6]})
     top, bottom = axes
     if kind == "audio":
         top.plot(inputs.reshape(L, -1)[:, 0].numpy(), lw=0.4)
@@ -119,9 +128,7 @@ def activation_pattern(pattern: torch.Tensor, inputs: torch.Tensor, out_png: Pat
         bottom.set_yticks(range(n_layers), [f"layer {i}" for i in range(n_layers)])
     bottom.set_xlabel("position (black: routed to the module)")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
 
 
 def _listops_class(name: str) -> str:
@@ -132,8 +139,9 @@ def _listops_class(name: str) -> str:
 
 def _image_pattern(pattern, inputs, out_png, title):
     n_layers, L = pattern.shape
-    side = int(math.isqrt(L))
-    fig, axes = plt.subplots(1, n_layers + 1, figsize=(2.2 * (n_layers + 1), 2.6))
+    side = math.isqrt(L)
+    fig = Figure(figsize=(2.2 * (n_layers + 1), 2.6))
+    axes = fig.subplots(1, n_layers + 1)
     axes[0].imshow(inputs.reshape(L, -1)[: side * side, 0].float().reshape(side, side).numpy(), cmap="gray")
     axes[0].set_title("input", fontsize=8)
     for i in range(n_layers):
@@ -144,6 +152,4 @@ def _image_pattern(pattern, inputs, out_png, title):
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -11,7 +10,7 @@ from ..data import majority_baseline
 from ..data.listops import VOCAB
 from .config import Recipe
 from .loop import Trainer
-from .plots import activation_pattern, learning_curves, routing_pattern
+from .rundir import atomic_write, dumps
 
 
 def pattern_kind(name: str) -> str:
@@ -21,23 +20,35 @@ def pattern_kind(name: str) -> str:
 def run(recipe: Recipe, out_dir, device: str | None = None, progress: bool = True) -> dict:
     """Train ``recipe`` into ``out_dir`` (resuming if a checkpoint is there), evaluate on the
     test split, write ``summary.json`` and the plots; returns the summary."""
-    out = Path(out_dir)
-    trainer = Trainer(recipe, out, device=device, progress=progress)
+    trainer = Trainer(recipe, out_dir, device=device, progress=progress)
+    with trainer.claim():
+        return _train_and_report(trainer, trainer.out)
+
+
+def _train_and_report(trainer: Trainer, out: Path) -> dict:
+    recipe = trainer.recipe
     timing = trainer.train()
     test = trainer.evaluate("test")
-    summary = {"recipe": recipe.name, "preset": recipe.preset, **timing, "test": test,
+    summary = {"recipe": recipe.name, "preset": recipe.preset, **timing, "test": test, "best": trainer.best,
                "parameters": sum(p.numel() for p in trainer.model.parameters())}
     if trainer.info.task == "classification":
         cls, acc = majority_baseline(trainer.data["train"], trainer.data["test"])
         summary["majority_class"], summary["majority_accuracy"] = cls, acc
     if trainer.ctx.is_main:
         summary["plots"] = write_plots(trainer, out)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        with atomic_write(out / "summary.json") as f:
+            f.write(dumps(summary, indent=2))
     return summary
 
 
 def write_plots(trainer: Trainer, out: Path) -> list[str]:
     """``learning_curves.png`` and ``activation_pattern.png`` (one test example)."""
+    from .plots import (  # matplotlib: only when plotting
+        activation_pattern,
+        learning_curves,
+        routing_pattern,
+    )
+
     paths = [learning_curves(out / "metrics.jsonl", out / "learning_curves.png", trainer.recipe.name)]
     inputs, target = trainer.data["test"][0]
     x = inputs.unsqueeze(0).to(trainer.device)
@@ -50,20 +61,47 @@ def write_plots(trainer: Trainer, out: Path) -> list[str]:
     return [str(p) for p in paths]
 
 
+def _preset_text(preset) -> str:
+    return "no preset" if preset is None else f"{preset} preset"
+
+
+def format_metrics(metrics: dict) -> list[str]:
+    """Readable lines for one split's metrics (``Trainer.evaluate``'s dict)."""
+    split = metrics.get("split", "test")
+    if "bpc" in metrics:
+        lines = [f"{split} bits per byte: {metrics['bpc']:.4f} (loss {metrics['loss']:.4f})"]
+    else:
+        lines = [f"{split} accuracy: {metrics['accuracy']:.4f} (loss {metrics['loss']:.4f})"]
+    if metrics.get("activation"):
+        ratios = ", ".join(f"layer {i}: {r:.2f}" for i, r in enumerate(metrics["activation"]))
+        lines.append(f"activation ratio per layer: {ratios}")
+    return lines
+
+
+def format_eval(report: dict) -> str:
+    """Readable lines for ``smakit eval``: which checkpoint, then its metrics."""
+    head = (f"checkpoint {report['checkpoint']}: recipe {report['recipe']} ({_preset_text(report['preset'])}), "
+            f"step {report['step']}, {report['parameters']:,} parameters")
+    lines = format_metrics(report["metrics"])
+    if "majority_accuracy" in report:
+        lines.insert(1, f"majority-class baseline: {report['majority_accuracy']:.4f} "
+                        f"(always class {report['majority_class']})")
+    return "\n".join([head, *lines])
+
+
 def format_summary(summary: dict) -> str:
     """Human-readable lines for the end of a run."""
     test = summary["test"]
-    lines = [f"recipe {summary['recipe']} ({summary['preset']} preset): {summary['steps']} steps "
+    lines = [f"recipe {summary['recipe']} ({_preset_text(summary['preset'])}): {summary['steps']} steps "
              f"in {summary['minutes']:.1f} min, {summary['parameters']:,} parameters"]
-    if "bpc" in test:
-        lines.append(f"test bits per byte: {test['bpc']:.4f} (loss {test['loss']:.4f})")
-    else:
-        lines.append(f"test accuracy: {test['accuracy']:.4f}")
+    metric_lines = format_metrics(test)
+    lines.append(metric_lines[0])
     if "majority_accuracy" in summary:
         lines.append(f"majority-class baseline: {summary['majority_accuracy']:.4f} (always class {summary['majority_class']})")
-    if test.get("activation"):
-        ratios = ", ".join(f"layer {i}: {r:.2f}" for i, r in enumerate(test["activation"]))
-        lines.append(f"activation ratio per layer: {ratios}")
+    lines += metric_lines[1:]
+    best = summary.get("best")
+    if best:
+        lines.append(f"best checkpoint: best.pt ({best['metric']} {best['value']:.4f} at step {best['step']})")
     for p in summary.get("plots", []):
         lines.append(f"plot: {p}")
     return "\n".join(lines)
