@@ -82,7 +82,7 @@ def test_user_mistakes_print_one_line_and_write_nothing(tmp_path, cache):
     for i in range(0, len(cases), 4):  # four at a time
         procs += [start(argv, tmp_path) for argv, _ in cases[i:i + 4]]
         done = [finish(p) for p in procs[i:]]
-        for (argv, message), (rc, out, err) in zip(cases[i:i + 4], done):
+        for (argv, message), (rc, _out, err) in zip(cases[i:i + 4], done):
             err = err.strip()
             assert rc == 2, (argv, err)
             assert err.startswith("smakit: error:") and message in err, (argv, err)
