@@ -169,16 +169,3 @@ def ema_final_state(ema: nn.Module, x: Tensor) -> Tensor:
     outer = torch.exp((log_q * (C * torch.arange(K - 1, -1, -1, device=x.device, dtype=dtype))).clamp(min=-80.0))
     per_block = torch.einsum("bkcd,dnc->bdnk", xs, inner)  # [B, D, N, K]
     return (per_block * outer).sum(-1)
-
-
-def tree_batch_size(state) -> int | None:
-    """Batch size of the first tensor in a nested state (``None`` when it holds none)."""
-    if isinstance(state, Tensor):
-        return state.shape[0] if state.dim() else None
-    values = state.values() if isinstance(state, dict) else state if isinstance(state, (list, tuple)) else ()
-    for v in values:
-        found = tree_batch_size(v)
-        if found is not None:
-            return found
-    return None
-

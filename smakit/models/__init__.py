@@ -1,7 +1,7 @@
 """Models built from smakit parts: SeqBoat and its variants, routed transformers, generation."""
 
 from .baselines import FeedForwardBlock, TransformerLayer
-from .generate import generate
+from .generation import generate
 from .model import VARIANTS, SeqBoat
 from .seqboat import SeqBoatLayer
 from .sma_transformer import HybridSMA, SelfAttention, SMATransformer
