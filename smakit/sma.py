@@ -301,7 +301,8 @@ def sma(module: nn.Module | dict[str, nn.Module], dim: int, **options) -> Sparse
 
 
 def aux_losses(model: nn.Module) -> Tensor | None:
-    """Sum of the ``aux_loss`` of every :class:`SparseModularActivation` in ``model`` (last forward)."""
+    """Sum of the ``aux_loss`` of every :class:`SparseModularActivation` in ``model`` (last forward),
+    and of every :class:`TopKRouter` training a causal predictor."""
     kinds = (SparseModularActivation, TopKRouter)  # a top-k router's causal predictor has its own loss
     losses = [m.aux_loss for m in model.modules() if isinstance(m, kinds) and m.aux_loss is not None]
     return torch.stack(losses).sum() if losses else None
