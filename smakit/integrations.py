@@ -254,6 +254,7 @@ def sma_wrap(model: nn.Module, pattern: str | list[str], *, dim: int | None = No
         module = parent.get_submodule(child)
         mode = "inside" if isinstance(module, nn.TransformerEncoderLayer) else residual
         adapter = SMAAdapter(module, infer_dim(module) if dim is None else dim, residual=mode, **sma_options)
+        adapter.train(module.training)  # a model wrapped in eval mode stays in eval mode
         setattr(parent, child, adapter)
     return names
 

@@ -278,11 +278,22 @@ def test_hf_decoder_with_causal_topk_generates_cached_equals_uncached(family):
         logits = model(cached).logits
         ratios = [a.sma.stats.ratio.item() for a in adapters(model)]
         assert any(0 < r < 1 for r in ratios), ratios  # really sparse
-        # changing a later token never changes an earlier output
+        past, steps = None, []  # cached logits, token by token, equal the full forward's
+        for t in range(cached.shape[1]):
+            out = model(cached[:, t:t + 1], past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            steps.append(out.logits)
+        torch.testing.assert_close(torch.cat(steps, 1), logits, rtol=1e-4, atol=1e-5)
+        # changing later tokens never changes an earlier output
         t = 7
         changed = cached.clone()
-        changed[:, t] = (changed[:, t] + 1) % 61
+        changed[:, t:] = torch.randint(1, 61, changed[:, t:].shape)
         torch.testing.assert_close(model(changed).logits[:, :t], logits[:, :t], rtol=0, atol=1e-5)
+
+
+def test_sma_wrap_keeps_the_models_eval_mode(gpt2):
+    sma_wrap(gpt2, "transformer.h.*.mlp")
+    assert not any(m.training for m in gpt2.modules())
 
 
 def test_topk_on_a_decoder_without_the_predictor_warns(gpt2):
