@@ -227,6 +227,7 @@ def test_topk_decoder_generates_and_never_reads_the_future():
         changed[:, 7:] = torch.randint(0, 30, (2, 5))
         b = model(changed)
     torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=1e-6)
+    assert all(0 <= a <= 1 for a in model.routing_stats()["agreement"])
     assert generate(model, ids, 4, temperature=0).shape == (2, 16)
 
 

@@ -101,10 +101,15 @@ class _RoutedStack(nn.Module):
         return self.head((x * m).sum(1) / m.sum(1).clamp(min=1))
 
     def routing_stats(self) -> dict[str, list[float]]:
-        """Per routed layer, the fraction of real tokens routed to each module (floats)."""
+        """Per routed layer, the fraction of real tokens routed to each module (floats), and, for
+        top-k routers with a causal predictor, how often its guess agreed with top-k."""
         layers = [m for m in self.modules() if isinstance(m, SparseModularActivation) and m.stats is not None]
-        return {"ratio": [float(m.stats.ratio.sum()) for m in layers],
-                "per_module": [m.stats.as_dict() for m in layers]}
+        stats = {"ratio": [float(m.stats.ratio.sum()) for m in layers],
+                 "per_module": [m.stats.as_dict() for m in layers]}
+        agreement = [getattr(m.router, "agreement", None) for m in layers]
+        if any(a is not None for a in agreement):
+            stats["agreement"] = [None if a is None else float(a.mean()) for a in agreement]
+        return stats
 
 
 class _MoDLayer(nn.Module):
