@@ -22,6 +22,7 @@ on the prompt.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -30,6 +31,7 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
@@ -130,18 +132,23 @@ def bench_gpt2(lengths: list[int], run_time: float) -> list[dict]:
 
 
 def plot(rows: list[dict], path) -> None:
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in dict.fromkeys(r["model"] for r in rows):
-        rs = [r for r in rows if r["model"] == name]
-        T = [r["tokens"] for r in rs]
-        done = [r for r in rs if r["generate_over_forward"] is not None]
-        a.plot([r["tokens"] for r in done], [r["generate_over_forward"] for r in done], marker="o", label=name)
-        b.plot(T, [1e3 / r["decode_ms_per_token"] for r in rs], marker="o", label=name)
-    a.axhline(3, color="grey", ls="--", lw=1)
-    a.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel=f"generate({NEW_TOKENS} new) / one forward",
-          title="Prompt handling")
-    b.set(xscale="log", yscale="log", xlabel="context tokens", ylabel="decode tokens / s", title="Decode speed")
-    for ax in (a, b):
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = [("prefill_over_forward", "prefill / one forward", "Prompt: prefill"),
+              ("generate_over_forward", f"generate({NEW_TOKENS} new) / one forward", "Prompt + 32 tokens"),
+              ("decode_tokens_per_s", "decode tokens / s", "Decode speed")]
+    lengths = sorted({r["tokens"] for r in rows})
+    for ax, (key, label, title) in zip(axes, panels):
+        for name in dict.fromkeys(r["model"] for r in rows):
+            rs = [r for r in rows if r["model"] == name]
+            vals = [1e3 / r["decode_ms_per_token"] if key == "decode_tokens_per_s" else r[key] for r in rs]
+            pts = [(r["tokens"], v) for r, v in zip(rs, vals) if v is not None]
+            ax.plot(*zip(*pts), marker="o", label=name)
+        if key != "decode_tokens_per_s":
+            ax.axhline(3 if key == "generate_over_forward" else 1, color="grey", ls="--", lw=1)
+        ax.set(xscale="log", yscale="linear" if key == "prefill_over_forward" else "log",
+               xlabel="prompt / context tokens", ylabel=label, title=title)
+        ax.set_xticks(lengths, [str(t) for t in lengths])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -151,7 +158,11 @@ def plot(rows: list[dict], path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two short lengths, short timing runs")
+    parser.add_argument("--replot", action="store_true", help="redraw the PNG from the saved JSON")
     args = parser.parse_args(argv)
+    if args.replot:
+        plot(json.loads((RESULTS / "streaming.json").read_text())["rows"], RESULTS / "streaming.png")
+        return 0
     lengths = [512, 1024] if args.quick else [512, 1024, 2048, 4096, 8192]
     run_time = 0.05 if args.quick else 0.2
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
