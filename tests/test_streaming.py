@@ -121,10 +121,10 @@ def test_ema_final_state_equals_recurrence():
     torch.testing.assert_close(ema_final_state(ema, x), state, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["sparse", "always", "none"])
-def test_seqboat_layer_prefill_state_equals_stepping(mode):
+@pytest.mark.parametrize("mode, chunked", [("sparse", False), ("always", False), ("always", True), ("none", False)])
+def test_seqboat_layer_prefill_state_equals_stepping(mode, chunked):
     torch.manual_seed(0)
-    layer = SeqBoatLayer(D, causal=True, window=4, qk_dim=8, ema_ndim=4, mode=mode, compaction_capacity=None).eval()
+    layer = SeqBoatLayer(D, causal=True, window=4, qk_dim=8, ema_ndim=4, mode=mode, chunked=chunked).eval()
     x = torch.randn(2, 21, D)
     with torch.no_grad():
         y, state = layer.prefill(x)
