@@ -73,9 +73,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _check_generate_options(args) -> None:
+    """Refuse bad sampling options before a checkpoint is read."""
+    if not args.prompt:
+        raise ValueError("--prompt must hold at least one character (the model continues it)")
+    if args.length < 0:
+        raise ValueError(f"--length must be >= 0, got {args.length}")
+    if not args.temperature >= 0 or args.temperature == float("inf"):
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+
+
 def cmd_generate(args) -> int:
+    """Prompt read in one parallel prefill, then one step per new byte (see smakit.models.generate)."""
     from .models import generate
 
+    _check_generate_options(args)
     trainer = _restore(args.checkpoint, args.device)
     model = trainer.model.eval()
     if not getattr(model, "lm", False):

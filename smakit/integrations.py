@@ -16,12 +16,15 @@ sequence from the original positions.
 
 With the default causal :class:`~smakit.routing.ThresholdRouter` each token decides from its
 own features, so KV-cached decoding (one token at a time, ``L = 1``) routes exactly as the
-full forward does. ``router="topk"`` is not causal: use it for encoders only.
+full forward does. ``router="topk"`` is not causal; for a decoder pass
+``causal_predictor=True`` (see :class:`~smakit.TopKRouter`): training routes by top-k, eval
+and ``generate()`` by the learned causal predictor, so cached equals uncached decoding.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -230,6 +233,7 @@ def sma_wrap(model: nn.Module, pattern: str | list[str], *, dim: int | None = No
         >>> enc(torch.randn(2, 10, 32)).shape
         torch.Size([2, 10, 32])
     """
+    _warn_if_not_causal(model, sma_options)
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise TypeError(f"pattern must be a non-empty str or list of str, got {pattern!r}")
@@ -251,8 +255,22 @@ def sma_wrap(model: nn.Module, pattern: str | list[str], *, dim: int | None = No
         module = parent.get_submodule(child)
         mode = "inside" if isinstance(module, nn.TransformerEncoderLayer) else residual
         adapter = SMAAdapter(module, infer_dim(module) if dim is None else dim, residual=mode, **sma_options)
+        adapter.train(module.training)  # a model wrapped in eval mode stays in eval mode
         setattr(parent, child, adapter)
     return names
+
+
+def _warn_if_not_causal(model: nn.Module, options: dict) -> None:
+    """Top-k routing without its causal predictor in a model that generates would read the future."""
+    router = options.get("router", "threshold")
+    if router != "topk" or options.get("causal_predictor", False):
+        return
+    can_generate = getattr(model, "can_generate", None)
+    config = getattr(model, "config", None)
+    if (callable(can_generate) and can_generate()) or getattr(config, "is_decoder", False):
+        warnings.warn("router='topk' is not causal (a token's routing depends on later tokens), so this decoder "
+                      "would read the future and generate() would route differently from the forward; pass "
+                      "causal_predictor=True", UserWarning, stacklevel=3)
 
 
 __all__ = ["SMAAdapter", "infer_dim", "sma_wrap"]

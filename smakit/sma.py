@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .ops import Compacted, compress, extract
 from .routing import Routing, ThresholdRouter, TopKRouter
+from .streaming import _check_output, sma_init_state, sma_prefill, sma_step
 
 PROTOCOL_KWARGS = ("mask", "positions")
 
@@ -215,6 +216,7 @@ class SparseModularActivation(nn.Module):
         for m, (name, module) in enumerate(self.experts.items()):
             packed = compress(x, routing.active[m], capacity=capacity, layout=self.layout, backend=self.backend)
             h = module(packed.values, **self._module_kwargs(name, packed, extra))
+            _check_output(name, h)
             y = extract(h, packed, routing.gate[m], backend=self.backend)
             out = y if out is None else out + y
             if drops:
@@ -242,6 +244,44 @@ class SparseModularActivation(nn.Module):
         if self.density_target is not None:
             self.aux_loss = self.density_weight * routing.density_loss(self.density_target)
 
+    # decoding (the protocol a wrapped module follows is in smakit.streaming)
+    def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
+        """Empty decoding state: position ``[B]``, slots used ``[M, B]`` and each module's cache.
+
+        A module with ``init_cache``/``step`` (see :mod:`smakit.streaming`) gets its cache
+        here; a pointwise module has none.
+        """
+        return sma_init_state(self, batch_size, device, dtype)
+
+    def step(self, x: Tensor, state: dict, route_on: Tensor | None = None, **extra: Tensor) -> tuple[Tensor, dict]:
+        """One token ``x [B, D]`` -> ``(y [B, D_out], state)``, equal to :meth:`forward` at that position.
+
+        The router decides from the token alone (it must be causal); the token counts against
+        ``compaction_capacity`` per row as in the forward; each routed module runs its
+        ``step`` (or, if pointwise, its forward on the token).
+
+        Examples::
+
+            >>> layer = sma(LocalGatedAttention(16, window=4, qk_dim=8), dim=16, compaction_capacity=3).eval()
+            >>> x = torch.randn(2, 9, 16)
+            >>> state = layer.init_state(2)
+            >>> ys = []
+            >>> for t in range(9):
+            ...     y, state = layer.step(x[:, t], state)
+            ...     ys.append(y)
+            >>> torch.allclose(torch.stack(ys, 1), layer(x), atol=1e-5)
+            True
+        """
+        return sma_step(self, x, state, route_on, **extra)
+
+    def prefill(self, x: Tensor, route_on: Tensor | None = None, **extra: Tensor) -> tuple[Tensor, dict]:
+        """The parallel :meth:`forward` over a prompt ``x [B, L, D]`` and the decoding state after it.
+
+        Returns:
+            ``(y [B, L, D_out], state)``; the state equals stepping through ``x`` with :meth:`step`.
+        """
+        return sma_prefill(self, x, route_on, **extra)
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, layout={self.layout!r}, backend={self.backend!r}"
 
@@ -261,6 +301,8 @@ def sma(module: nn.Module | dict[str, nn.Module], dim: int, **options) -> Sparse
 
 
 def aux_losses(model: nn.Module) -> Tensor | None:
-    """Sum of the ``aux_loss`` of every :class:`SparseModularActivation` in ``model`` (last forward)."""
-    losses = [m.aux_loss for m in model.modules() if isinstance(m, SparseModularActivation) and m.aux_loss is not None]
+    """Sum of the ``aux_loss`` of every :class:`SparseModularActivation` in ``model`` (last forward),
+    and of every :class:`TopKRouter` training a causal predictor."""
+    kinds = (SparseModularActivation, TopKRouter)  # a top-k router's causal predictor has its own loss
+    losses = [m.aux_loss for m in model.modules() if isinstance(m, kinds) and m.aux_loss is not None]
     return torch.stack(losses).sum() if losses else None

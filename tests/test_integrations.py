@@ -240,3 +240,62 @@ def test_residual_inside_for_a_block_with_its_own_skip():
     torch.testing.assert_close(model(x), x)  # skipped tokens pass through unchanged
     force(model[0], active=True)
     torch.testing.assert_close(model(x), want)
+
+
+# causal top-k on Hugging Face decoders
+
+def hf_decoder(family):
+    transformers = pytest.importorskip("transformers", reason="the decoder tests need `pip install transformers`")
+    torch.manual_seed(0)
+    if family == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=61, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
+                                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        return transformers.GPT2LMHeadModel(cfg).eval(), "transformer.h.*.mlp"
+    small = dict(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}[family]
+    if not hasattr(transformers, cls[1]):
+        pytest.skip(f"this transformers has no {cls[1]}")
+    cfg = getattr(transformers, cls[0])(**small)
+    return getattr(transformers, cls[1])(cfg).eval(), "model.layers.*.mlp"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_hf_decoder_with_causal_topk_generates_cached_equals_uncached(family):
+    model, pattern = hf_decoder(family)
+    sma_wrap(model, pattern, router="topk", capacity=0.5, causal_predictor=True)
+    model.train()
+    ids = torch.randint(1, 61, (2, 12))
+    out = model(ids, labels=ids)
+    (out.loss + aux_losses(model)).backward()  # trains with top-k and the predictor's own loss
+    assert adapters(model)[0].sma.router.predictor[0].weight.grad.abs().sum() > 0
+    model.eval()
+    prompt = ids[:, :5]
+    with torch.no_grad():
+        cached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
+        uncached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
+        assert torch.equal(cached, uncached)
+        logits = model(cached).logits
+        ratios = [a.sma.stats.ratio.item() for a in adapters(model)]
+        assert any(0 < r < 1 for r in ratios), ratios  # really sparse
+        past, steps = None, []  # cached logits, token by token, equal the full forward's
+        for t in range(cached.shape[1]):
+            out = model(cached[:, t:t + 1], past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            steps.append(out.logits)
+        torch.testing.assert_close(torch.cat(steps, 1), logits, rtol=1e-4, atol=1e-5)
+        # changing later tokens never changes an earlier output
+        t = 7
+        changed = cached.clone()
+        changed[:, t:] = torch.randint(1, 61, changed[:, t:].shape)
+        torch.testing.assert_close(model(changed).logits[:, :t], logits[:, :t], rtol=0, atol=1e-5)
+
+
+def test_sma_wrap_keeps_the_models_eval_mode(gpt2):
+    sma_wrap(gpt2, "transformer.h.*.mlp")
+    assert not any(m.training for m in gpt2.modules())
+
+
+def test_topk_on_a_decoder_without_the_predictor_warns(gpt2):
+    with pytest.warns(UserWarning, match="causal_predictor=True"):
+        sma_wrap(gpt2, "transformer.h.*.mlp", router="topk")

@@ -157,3 +157,32 @@ def test_routing_stats_are_not_state():
     forward(model, *batch())
     assert set(model.state_dict()) == keys
     assert not any("stats" in k or "aux" in k for k in keys)
+
+
+@pytest.mark.parametrize("variant", ["seqboat", "seqboat_full"])
+@pytest.mark.parametrize("keep_attn", [True, False], ids=["gau-and-attn", "gau-only"])
+def test_old_seqboat_checkpoint_with_the_attention_registered_twice_loads(variant, keep_attn):
+    """Before one registration, SeqBoatLayer saved its attention under ``gau.*`` and again under
+    ``attn.experts.0.*`` (sparse) or ``attn.*`` (always). Build that layout and load it."""
+    import re
+
+    from smakit.models import SeqBoat
+
+    torch.manual_seed(0)
+    opts = dict(vocab_size=20, dim=D, depth=2, lm=True, window=4, qk_dim=8, ema_ndim=2, variant=variant)
+    model = SeqBoat(**opts).eval()
+    old = {}
+    for key, value in model.state_dict().items():
+        m = re.fullmatch(r"(layers\.\d+\.)attn\.(?:experts\.0\.)?((?!router\.).*)", key)
+        if m:
+            old[m.group(1) + "gau." + m.group(2)] = value.clone()
+            if not keep_attn:
+                continue
+        old[key] = value.clone()
+    assert any(".gau." in k for k in old) and not any(".gau." in k for k in model.state_dict())
+    torch.manual_seed(1)
+    fresh = SeqBoat(**opts).eval()
+    fresh.load_state_dict(roundtrip(old))  # strict
+    ids = torch.randint(0, 20, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(fresh(ids), model(ids))

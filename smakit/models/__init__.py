@@ -1,7 +1,8 @@
 """Models built from smakit parts: SeqBoat and its variants, routed transformers, generation."""
 
 from .baselines import FeedForwardBlock, TransformerLayer
-from .model import VARIANTS, SeqBoat, generate
+from .generation import generate
+from .model import VARIANTS, SeqBoat
 from .seqboat import SeqBoatLayer
 from .sma_transformer import HybridSMA, SelfAttention, SMATransformer
 

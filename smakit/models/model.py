@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modules._helpers import default, exists
@@ -98,6 +97,9 @@ class SeqBoat(nn.Module):
             raise ValueError("lm=True needs vocab_size")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if lm and causal is False:
+            raise ValueError("lm=True needs causal layers (causal=False would let each token see the next one "
+                             "it predicts); leave causal unset or pass causal=True")
         self.variant, self.lm, self.pooling = variant, lm, pooling
         self.causal = default(causal, lm)
         self.vocab_size, self.input_dim, self.dim, self.depth = vocab_size, input_dim, dim, depth
@@ -124,8 +126,12 @@ class SeqBoat(nn.Module):
 
     def forward(self, inputs: Tensor, mask: Tensor | None = None) -> Tensor:
         x = self.embed(inputs)
-        for layer in self.layers:
-            x = layer(x, mask)
+        if x.device.type == "meta":
+            raise RuntimeError("SeqBoat cannot run on the meta device (the EMA's FFT has no meta kernel); "
+                               "build on meta, then model.to_empty(device=...) and load weights")
+        if x.shape[0] and x.shape[1]:  # an empty batch or sequence skips the layers
+            for layer in self.layers:
+                x = layer(x, mask)
         x = self.final_norm(x)
         return self.head(x) if self.lm else self.head(self.pool(x, mask))
 
@@ -163,6 +169,14 @@ class SeqBoat(nn.Module):
 
     def step(self, inputs: Tensor, state: list) -> tuple[Tensor, list]:
         """One token (``[B]`` ids or ``[B, C]`` features) -> ``(logits [B, vocab], state)``."""
+        if not isinstance(state, list) or len(state) != len(self.layers):
+            n = len(state) if isinstance(state, (list, tuple)) else type(state).__name__
+            raise ValueError(f"state must be the list of {len(self.layers)} layer states from init_state() or "
+                             f"prefill(), got {n}")
+        want = 1 if isinstance(self.embed, nn.Embedding) else 2
+        if not isinstance(inputs, Tensor) or inputs.dim() != want:
+            shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+            raise ValueError(f"inputs must have shape {'[B]' if want == 1 else '[B, C]'} (one token per row), got {shape}")
         x = self.embed(inputs)
         new = []
         for layer, s in zip(self.layers, state):
@@ -170,56 +184,32 @@ class SeqBoat(nn.Module):
             new.append(s)
         return self.head(self.final_norm(x)), new
 
+    def prefill(self, prompt: Tensor) -> tuple[Tensor, list]:
+        """The parallel forward over ``prompt`` (``[B, T]`` ids) and the decoding state after it.
+
+        Returns:
+            ``(logits [B, T, vocab], state)``: the logits equal :meth:`forward` and the state
+            equals stepping through the prompt with :meth:`step`, at the cost of one forward.
+
+        Examples::
+
+            >>> lm = SeqBoat(vocab_size=50, dim=32, depth=2, lm=True, window=4, qk_dim=16).eval()
+            >>> logits, state = lm.prefill(torch.randint(0, 50, (2, 9)))
+            >>> nxt, state = lm.step(logits[:, -1].argmax(-1), state)
+            >>> nxt.shape
+            torch.Size([2, 50])
+        """
+        if not self.supports_step:
+            raise RuntimeError("prefill() needs a causal, non-transformer variant")
+        x = self.embed(prompt)
+        state = []
+        for layer in self.layers:
+            if hasattr(layer, "prefill"):
+                x, s = layer.prefill(x)
+            else:  # stateless (a feed-forward block)
+                x, s = layer(x), layer.init_state(x.shape[0], x.device)
+            state.append(s)
+        return self.head(self.final_norm(x)), state
+
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, causal={self.causal}, lm={self.lm}, pooling={self.pooling!r}"
-
-
-@torch.no_grad()
-def generate(
-    model: SeqBoat,
-    prompt: Tensor,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Sample a continuation of ``prompt [B, T]`` from a language model.
-
-    Uses the ``O(1)``-per-token :meth:`SeqBoat.step` when the model supports it, otherwise
-    re-runs the full forward on the growing sequence. ``temperature == 0`` is greedy.
-
-    Returns:
-        Tensor ``[B, T + max_new_tokens]`` int64.
-
-    Examples::
-
-        >>> model = SeqBoat(vocab_size=50, dim=32, depth=1, lm=True, window=4,
-        ...                 qk_dim=16).eval()
-        >>> generate(model, torch.zeros(2, 3, dtype=torch.long), 5).shape
-        torch.Size([2, 8])
-    """
-    if not model.lm:
-        raise ValueError("generate() needs a model with lm=True")
-    tokens = prompt
-    if model.supports_step:
-        state = model.init_state(prompt.shape[0], prompt.device)
-        for t in range(prompt.shape[1]):
-            logits, state = model.step(prompt[:, t], state)
-    for i in range(max_new_tokens):
-        if not model.supports_step:
-            logits = model(tokens)[:, -1]
-        nxt = _sample(logits, temperature, top_k, generator)
-        tokens = torch.cat((tokens, nxt.unsqueeze(1)), dim=1)
-        if model.supports_step and i + 1 < max_new_tokens:
-            logits, state = model.step(nxt, state)
-    return tokens
-
-
-def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if exists(top_k):
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits, -1), 1, generator=generator).squeeze(1)

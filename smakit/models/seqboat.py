@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from ..modules import LocalGatedAttention, MultiHeadEMA
 from ..modules._helpers import default, exists
 from ..sma import sma
+from ..streaming import ema_final_state
 
 MODES = ("sparse", "always", "none")
 
@@ -55,7 +56,8 @@ class SeqBoatLayer(nn.Module):
 
     Attributes:
         attn: ``sma(LocalGatedAttention)`` (sparse), the bare GAU (always) or ``None``.
-        gau (LocalGatedAttention or None): the attention unit itself.
+        gau (LocalGatedAttention or None): the attention unit itself (a view of ``attn``,
+            not registered twice; checkpoints with the older ``gau.*`` keys still load).
 
     Shape:
         - x: ``[B, L, D]``; mask: ``[B, L]`` bool (True = real token)
@@ -104,19 +106,28 @@ class SeqBoatLayer(nn.Module):
         self.ema = MultiHeadEMA(dim, ema_ndim, bidirectional=not causal, truncation=truncation)
         self.bypass = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
-        self.gau = None
-        self.attn = None
+        self.attn = None  # the one registered attention unit (behind sma when sparse)
         if mode != "none":
-            self.gau = LocalGatedAttention(dim, window, qk_dim, value_dim, causal=causal, attention=attention,
-                                           chunked=chunked, rotary=rotary, relative_bias=relative_bias,
-                                           max_distance=max_distance, dropout=attn_dropout)
-        if mode == "sparse":
-            self.attn = sma(self.gau, dim, router="threshold", temperature_scale=temperature_scale,
-                            straight_through=straight_through, density_target=density_target,
-                            compaction_capacity=compaction_capacity)
-        elif mode == "always":
-            self.attn = self.gau
+            gau = LocalGatedAttention(dim, window, qk_dim, value_dim, causal=causal, attention=attention,
+                                      chunked=chunked, rotary=rotary, relative_bias=relative_bias,
+                                      max_distance=max_distance, dropout=attn_dropout)
+            self.attn = gau if mode == "always" else sma(
+                gau, dim, router="threshold", temperature_scale=temperature_scale, straight_through=straight_through,
+                density_target=density_target, compaction_capacity=compaction_capacity)
         self._ratio: Tensor | None = None
+
+    @property
+    def gau(self) -> LocalGatedAttention | None:
+        """The attention unit (``attn.module`` when sparse)."""
+        return self.attn.module if self.mode == "sparse" else self.attn
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before one registration held the unit twice: under gau.* and attn.*
+        target = prefix + ("attn.experts.0." if self.mode == "sparse" else "attn.")
+        for key in [k for k in state_dict if k.startswith(prefix + "gau.")]:
+            value = state_dict.pop(key)
+            state_dict.setdefault(target + key[len(prefix + "gau."):], value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def router(self) -> nn.Module | None:
@@ -131,22 +142,30 @@ class SeqBoatLayer(nn.Module):
         if exists(self.router):
             self.router.reset_parameters()
 
+    def _state_input(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(normed x, h = silu(EMA(normed x)))`` for a sequence ``[B, L, D]``."""
+        xn = self.norm(x) if self.prenorm else x
+        return xn, self.drop(F.silu(self.ema(xn, mask)))
+
+    def _finish(self, out: Tensor, residual: Tensor) -> Tensor:
+        out = F.silu(self.drop(out) + residual)
+        return out if self.prenorm else self.norm(out)
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        residual = x
-        if self.prenorm:
-            x = self.norm(x)
-        h = self.drop(F.silu(self.ema(x, mask)))
+        if x.shape[0] == 0 or x.shape[1] == 0:  # nothing to mix (and the FFT cannot take L = 0)
+            self._ratio = torch.zeros((), device=x.device)
+            return self._finish(self.bypass(x), x)
+        _, h = self._state_input(x, mask)
         out = self.bypass(h)
         if self.mode == "sparse":
             out = out + self.attn(h, mask=mask, route_on=h)
             self._ratio = self.attn.stats.ratio[0]
         elif self.mode == "always":
-            out = out + self.gau(h, mask=mask)
+            out = out + self.attn(h, mask=mask)
             self._ratio = torch.ones((), device=x.device)
         else:
             self._ratio = torch.zeros((), device=x.device)
-        out = F.silu(self.drop(out) + residual)
-        return out if self.prenorm else self.norm(out)
+        return self._finish(out, x)
 
     def stats(self) -> dict[str, Tensor]:
         """``{"ratio", "span"}`` of the last forward (0-dim tensors, no host sync).
@@ -160,39 +179,68 @@ class SeqBoatLayer(nn.Module):
 
     # decoding
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
-        """Decoding state: EMA state ``[B, D, N]``, the routed-token cache and the position."""
+        """Decoding state: the EMA state ``[B, D, N]`` and the attention's state (``attn``)."""
         if not self.causal:
             raise RuntimeError("step() needs a causal SeqBoatLayer")
         device = default(device, self.bypass.weight.device)
-        state = {"ema": self.ema.init_state(batch_size, device, dtype),
-                 "pos": torch.zeros(batch_size, dtype=torch.long, device=device)}
-        if exists(self.gau):
-            state["attn"] = self.gau.init_cache(batch_size, device, dtype)
+        state = {"ema": self.ema.init_state(batch_size, device, dtype)}
+        if self.mode == "sparse":
+            state["attn"] = self.attn.init_state(batch_size, device, dtype)
+        elif self.mode == "always":
+            state["attn"] = self.attn.init_cache(batch_size, device, dtype)
+            state["pos"] = torch.zeros(batch_size, dtype=torch.long, device=device)
         return state
 
     def step(self, x: Tensor, state: dict) -> tuple[Tensor, dict]:
         """One token ``x [B, D]`` -> ``(y [B, D], state)``; ``O(window)`` time and memory.
 
-        Equals the causal :meth:`forward` at that position (in eval mode).
+        EMA step, bypass, and the attention's own step (through :meth:`SparseModularActivation.step`
+        when sparse, so ``compaction_capacity`` is honoured); equals the causal :meth:`forward` at
+        that position (in eval mode).
         """
-        residual = x
-        if self.prenorm:
-            x = self.norm(x)
-        e, ema_state = self.ema.step(x, state["ema"])
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[-1] != self.dim:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape [B, {self.dim}] (one token per row), got {shape}")
+        if not isinstance(state, dict) or "ema" not in state:
+            raise TypeError("state must be the dict returned by init_state(), prefill() or a previous step()")
+        if state["ema"].shape[0] != x.shape[0]:
+            raise ValueError(f"state was made for batch size {state['ema'].shape[0]}, got x with batch size {x.shape[0]}")
+        xn = self.norm(x) if self.prenorm else x
+        e, ema_state = self.ema.step(xn, state["ema"])
         h = F.silu(e)
         out = self.bypass(h)
-        pos = state["pos"]
-        new = {"ema": ema_state, "pos": pos + 1}
+        new = {"ema": ema_state}
         if self.mode == "sparse":
-            routing = self.router(h.unsqueeze(1))
-            active, gate = routing.active[0, :, 0], routing.gate[0, :, 0]
-            a, new["attn"] = self.gau.step(h, pos, state["attn"], update=active)
-            out = out + torch.where(active.unsqueeze(-1), a * gate.to(a.dtype).unsqueeze(-1), 0.0)
-        elif self.mode == "always":
-            a, new["attn"] = self.gau.step(h, pos, state["attn"])
+            a, new["attn"] = self.attn.step(h, state["attn"], route_on=h)
             out = out + a
-        out = F.silu(out + residual)
-        return (out if self.prenorm else self.norm(out)), new
+        elif self.mode == "always":
+            a, new["attn"] = self.attn.step(h, state["pos"], state["attn"])
+            out, new["pos"] = out + a, state["pos"] + 1
+        return self._finish(out, x), new
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, dict]:
+        """The parallel forward over a prompt ``x [B, L, D]`` and the state after it.
+
+        The EMA state comes from the whole sequence at once (:func:`smakit.streaming.ema_final_state`)
+        and the attention cache from the last ``window`` routed tokens, at their original
+        positions. Equals :meth:`forward` and the state after stepping through ``x``.
+        """
+        B, L = x.shape[:2]
+        state = self.init_state(B, x.device)
+        if B == 0 or L == 0:
+            return self.forward(x), state
+        xn, h = self._state_input(x)
+        state["ema"] = ema_final_state(self.ema, xn)
+        out = self.bypass(h)
+        if self.mode == "sparse":
+            a, state["attn"] = self.attn.prefill(h, route_on=h)
+            out = out + a
+            self._ratio = self.attn.stats.ratio[0]
+        elif self.mode == "always":
+            out = out + self.attn(h)
+            state["attn"] = self.attn.prefill_cache(h)
+            state["pos"] = torch.full((B,), L, dtype=torch.long, device=x.device)
+        return self._finish(out, x), state
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, causal={self.causal}, mode={self.mode!r}, prenorm={self.prenorm}"

@@ -3,6 +3,8 @@ style) and a multi-module hybrid where one router chooses attention, MLP, conv o
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -99,10 +101,15 @@ class _RoutedStack(nn.Module):
         return self.head((x * m).sum(1) / m.sum(1).clamp(min=1))
 
     def routing_stats(self) -> dict[str, list[float]]:
-        """Per routed layer, the fraction of real tokens routed to each module (floats)."""
+        """Per routed layer, the fraction of real tokens routed to each module (floats), and, for
+        top-k routers with a causal predictor, how often its guess agreed with top-k."""
         layers = [m for m in self.modules() if isinstance(m, SparseModularActivation) and m.stats is not None]
-        return {"ratio": [float(m.stats.ratio.sum()) for m in layers],
-                "per_module": [m.stats.as_dict() for m in layers]}
+        stats = {"ratio": [float(m.stats.ratio.sum()) for m in layers],
+                 "per_module": [m.stats.as_dict() for m in layers]}
+        agreement = [getattr(m.router, "agreement", None) for m in layers]
+        if any(a is not None for a in agreement):
+            stats["agreement"] = [None if a is None else float(a.mean()) for a in agreement]
+        return stats
 
 
 class _MoDLayer(nn.Module):
@@ -125,7 +132,8 @@ class SMATransformer(_RoutedStack):
     Each layer: ``x = x + attention(norm(x))``; ``x = x + sma(MLP)(norm(x))``, the MLP in the
     flat layout (it is pointwise, so no padding is computed). With the default threshold
     router each token decides alone, so the model stays causal; ``router="topk"`` gives a
-    fixed compute budget for encoders (not causal).
+    fixed compute budget (not causal; for a decoder add ``causal_predictor=True``, which
+    routes by a learned per-token guess of the top-k choice in eval mode).
 
     Args:
         vocab_size (int, optional): token vocabulary (input, and output when ``lm``).
@@ -154,6 +162,9 @@ class SMATransformer(_RoutedStack):
     def __init__(self, vocab_size=None, input_dim=None, dim=128, depth=4, n_classes=None, lm=False, heads=4,
                  causal=None, mlp_hidden=None, route_every=1, **sma_options):
         causal = lm if causal is None else causal
+        if causal and sma_options.get("router") == "topk" and not sma_options.get("causal_predictor"):
+            warnings.warn("router='topk' is not causal (a token's routing depends on later tokens); for a decoder "
+                          "pass causal_predictor=True", UserWarning, stacklevel=2)
 
         def layer(i):
             return _MoDLayer(dim, heads, causal, mlp_hidden, routed=(i % route_every == route_every - 1),

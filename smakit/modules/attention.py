@@ -248,6 +248,37 @@ class LocalGatedAttention(nn.Module):
             "count": torch.zeros(B, dtype=torch.long, device=device),
         }
 
+    def prefill_cache(self, x: Tensor, mask: Tensor | None = None,
+                      positions: Tensor | None = None) -> dict[str, Tensor]:
+        """The cache after the slots of ``x`` in one pass: the last ``window`` real slots of each row.
+
+        Args:
+            x (Tensor): ``[B, K, D]`` (compacted) tokens, real slots first as :func:`smakit.compress` lays them.
+            mask (Tensor, optional): ``[B, K]`` bool, True = real slot. Default: all real.
+            positions (Tensor, optional): ``[B, K]`` original positions. Default: ``0..K-1``.
+
+        Returns:
+            dict: equal to :meth:`step` through the real slots from :meth:`init_cache`.
+        """
+        B, K, _ = x.shape
+        cache = self.init_cache(B, x.device, x.dtype)
+        if K == 0:
+            return cache
+        mask = default(mask, torch.ones(B, K, dtype=torch.bool, device=x.device))
+        positions = default(positions, torch.arange(K, device=x.device).expand(B, K))
+        _, v, _, k = self._project(x, positions.clamp(min=0))
+        count = mask.long().sum(1)  # [B]
+        slot = count.unsqueeze(1) - self.window + torch.arange(self.window, device=x.device)  # [B, w]
+        valid = slot >= 0
+        idx = slot.clamp(0, K - 1)
+
+        def take(t: Tensor, fill) -> Tensor:
+            g = t.gather(1, idx.view(B, -1, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))
+            return torch.where(valid.view(B, -1, *([1] * (t.dim() - 2))), g, fill)
+
+        return {"k": take(k, 0.0).to(cache["k"].dtype), "v": take(v, 0.0).to(cache["v"].dtype),
+                "pos": take(positions, -1), "slot": torch.where(valid, slot, -1), "valid": valid, "count": count}
+
     def step(self, x: Tensor, position: Tensor, cache: dict[str, Tensor],
              update: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Attend one new token to the cache, ``O(window)`` whatever the context length.
