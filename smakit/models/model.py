@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modules._helpers import default, exists
+from .._utils import default, exists
 from ..sma import aux_losses
 from .baselines import FeedForwardBlock, TransformerLayer
 from .seqboat import SeqBoatLayer

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._helpers import default, exists, zero_padding
+from .._utils import default, exists, zero_padding
 
 
 def fft_causal_conv(x: Tensor, k: Tensor) -> Tensor:
