@@ -248,6 +248,7 @@ def test_compact_like_uses_same_pattern():
         (torch.randn(4, 3), torch.ones(4, 3, dtype=torch.bool), r"x must have shape \[B, L, D\]"),
         (torch.randn(2, 4, 3), torch.ones(2, 5, dtype=torch.bool), r"active must have shape \[B, L\] = \(2, 4\)"),
         (torch.randn(2, 4, 3), torch.ones(2, 4), r"active must be a bool"),
+        (torch.randn(2, 4, 3), torch.ones(2, 4, dtype=torch.bool, device="meta"), r"active must be on the device of x"),
     ],
 )
 def test_compress_rejects_bad_input(x, active, match):

@@ -79,6 +79,8 @@ def compress(
     if x.dim() != 3:
         raise ValueError(f"x must have shape [B, L, D], got {tuple(x.shape)}")
     check_active(active, tuple(x.shape[:2]))
+    if active.device != x.device:
+        raise ValueError(f"active must be on the device of x ({x.device}), got {active.device}")
     check_capacity_layout(capacity, layout)
     flat = layout == FLAT
     out = CompressFunction.apply(x, active, capacity or 0, flat, resolve(backend, x.device))
