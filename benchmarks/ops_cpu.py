@@ -2,11 +2,14 @@
 
 Run: ``python benchmarks/ops_cpu.py`` (add ``--quick`` for a smoke run).
 Writes ``benchmarks/results/ops_cpu.{json,md,png}``. Ratios are measured side by side in one run.
+``--dispatch`` instead times eager compress + extract through the ``torch.library`` dispatcher
+against the direct call that ``custom_ops.call`` makes (the number quoted there).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import matplotlib
 
@@ -16,6 +19,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from smakit import compress, extract, sma  # noqa: E402
+from smakit.ops.compaction import custom_ops  # noqa: E402
 
 from common import RESULTS, machine, markdown_table, time_ms, write  # noqa: E402
 
@@ -56,6 +60,46 @@ def bench_ops(B, L, D, ratio):
     return {"B": B, "L": L, "D": D, "ratio": ratio, "naive_ms": naive, "smakit_ms": ours, "speedup": naive / ours}
 
 
+def bench_dispatch(B, L, D):
+    """compress + extract fwd+bwd (static capacity), eager, with and without the dispatcher."""
+    torch.manual_seed(0)
+    x = torch.randn(B, L, D, requires_grad=True)
+    gate = torch.rand(B, L, requires_grad=True)
+    active = torch.rand(B, L) < 0.5
+    grad = torch.randn(B, L, D)
+
+    def step():
+        x.grad = gate.grad = None
+        packed = compress(x, active, capacity=max(L // 2, 1))
+        extract(packed.values, packed, gate).backward(grad)
+
+    # thread CPU time, best of 20 interleaved blocks: the overhead is pure CPU work, and this
+    # stays meaningful on a shared, loaded machine where wall time does not
+    step()
+    best = {}
+    for _ in range(20):
+        for bypass in (True, False):
+            custom_ops.BYPASS_DISPATCHER = bypass
+            t0 = time.thread_time()
+            for _ in range(20):
+                step()
+            ms = (time.thread_time() - t0) / 20 * 1e3
+            key = "direct_ms" if bypass else "dispatcher_ms"
+            best[key] = min(best.get(key, ms), ms)
+    custom_ops.BYPASS_DISPATCHER = True
+    return {"B": B, "L": L, "D": D, **best, "ratio": best["dispatcher_ms"] / best["direct_ms"]}
+
+
+def dispatch_main():
+    rows = [bench_dispatch(*shape) for shape in [(1, 16, 8), (2, 128, 64), (8, 1024, 256)]]
+    env = machine()
+    table = f"# Eager dispatch overhead on CPU\n\nDevice: {env['device']}, torch {env['torch']}, commit {env['commit']}\n\n"
+    table += markdown_table(["B", "L", "D", "direct ms", "dispatcher ms", "dispatcher / direct"],
+                            [[r["B"], r["L"], r["D"], r["direct_ms"], r["dispatcher_ms"], r["ratio"]] for r in rows])
+    print(table)
+    print(f"wrote {write('ops_cpu_dispatch', {'machine': env, 'rows': rows}, table)}")
+
+
 def mlp(dim, hidden):
     return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
@@ -84,7 +128,10 @@ def bench_sma_mlp(B, L, D, hidden, ratios):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--dispatch", action="store_true", help="only the eager dispatcher overhead")
     args = parser.parse_args()
+    if args.dispatch:
+        return dispatch_main()
     if args.quick:
         op_shape, mlp_shape, ratios = (2, 256, 32), (2, 128, 32, 64), [0.25, 1.0]
     else:

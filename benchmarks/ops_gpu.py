@@ -116,15 +116,15 @@ def ref_compress(x, active, k: int):
     """The plain-torch reference (what ``compiled`` compiles): bookkeeping + row gather."""
     B, L, D = x.shape
     idx = build_index(active, k)
-    values = naive.compress_fwd(x.reshape(B * L, D), idx.scatter_index, ~idx.mask.reshape(-1))
+    values = naive.gather_rows(x.reshape(B * L, D), None, None, idx.scatter_index)[0]
     return values.view(B, k, D), idx.scatter_index, idx.mask
 
 
 def ref_extract(h, scatter_index, mask, gate):
     B, L = gate.shape
-    scale = gate.reshape(-1).index_select(0, scatter_index.clamp(max=B * L - 1))
-    scale = torch.where(mask.reshape(-1), scale, 0)
-    return naive.extract_fwd(h.reshape(-1, h.shape[-1]), scale, scatter_index, B * L).view(B, L, -1)
+    # the torch backend reads only the size of ``kept`` (it finds slots by ``scatter_index``)
+    out = naive.scatter_rows(h.reshape(-1, h.shape[-1]), gate, gate, None, scatter_index, mask.shape[1], False)
+    return out.view(B, L, -1)
 
 
 _COMPILED = {}
@@ -321,10 +321,10 @@ def main():
         shapes = [(8, 8192, 256), (8, 8192, 1024), (8, 8192, 4096), (1, 65536, 1024)]
     if device == "cpu" and not args.smoke:
         sys.exit("ops_gpu.py needs a GPU (use --smoke for a CPU smoke run)")
-    from smakit.ops.compaction import _triton_usable
+    from smakit.ops.compaction.backend import triton_usable
 
     # on the CPU the kernels run only under TRITON_INTERPRET=1 (slow; the smoke shapes are tiny)
-    backends = ["triton", "torch"] if _triton_usable(torch.device(device)) else ["torch"]
+    backends = ["triton", "torch"] if triton_usable(torch.device(device)) else ["torch"]
     table = providers(device, backends)
 
     rows = []

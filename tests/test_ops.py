@@ -1,11 +1,13 @@
-"""Compaction bookkeeping and the torch reference of compress/extract."""
+"""Compaction bookkeeping and the torch backend of compress/extract, against plain lists and
+the whole-op reference (``naive.compress_reference`` / ``extract_reference``)."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smakit.ops import compress, extract
+from smakit.ops import build_index, compress, extract
+from smakit.ops.compaction import naive
 
 
 def reference_positions(active: torch.Tensor) -> list[list[int]]:
@@ -113,9 +115,70 @@ def test_gradcheck_float64(B, L, D, layout):
 
     def fn(x, gate, w):
         packed = compress(x, active, layout=layout)
-        return extract(torch.tanh(packed.values @ w), packed, gate)
+        side = packed.compact(x.square())  # compact_like
+        return extract(torch.tanh(packed.values @ w) * side.sum(-1, keepdim=True), packed, gate)
 
     assert torch.autograd.gradcheck(fn, (x, gate, w))
+    assert torch.autograd.gradgradcheck(fn, (x, gate, w))  # every backward is differentiable
+
+
+@settings(max_examples=60, deadline=None)
+@given(active=masks(), D=st.integers(1, 4), layout=st.sampled_from(["padded", "flat"]),
+       cap=st.sampled_from([None, 1, 3]))
+def test_torch_backend_matches_whole_op_reference(active, D, layout, cap):
+    B, L = active.shape
+    flat = layout == "flat"
+    x = torch.randn(B, L, D, dtype=torch.float64, requires_grad=True)
+    gate = torch.rand(B, L, dtype=torch.float64, requires_grad=True)
+    packed = compress(x, active, capacity=cap, layout=layout, backend="torch")
+    ref = naive.compress_reference(x, active, cap, flat)
+    for name in ("values", "positions", "mask", "counts", "batch_index"):
+        got, want = getattr(packed, name), ref[name]
+        assert (got is None and want is None) or torch.equal(got, want), name
+    assert torch.equal(packed.kept(), ref["kept"])
+    y = extract(packed.values.sin(), packed, gate, backend="torch")
+    y_ref = naive.extract_reference(ref["values"].sin(), ref["kept"], gate, flat)
+    torch.testing.assert_close(y, y_ref)
+    w = torch.randn_like(y)
+    got = torch.autograd.grad((y * w).sum(), (x, gate))
+    want = torch.autograd.grad((y_ref * w).sum(), (x, gate))
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("layout", ["padded", "flat"])
+def test_hessian_vector_product_matches_reference(layout):
+    torch.manual_seed(0)
+    B, L, D = 3, 9, 5
+    flat = layout == "flat"
+    active = torch.rand(B, L) > 0.5
+    x, gate = torch.randn(B, L, D), torch.rand(B, L)
+    v = (torch.randn(B, L, D), torch.randn(B, L))
+
+    def ours(x, gate):
+        packed = compress(x, active, layout=layout, backend="torch")
+        y = extract(torch.tanh(packed.values) * packed.compact(x.square()), packed, gate, backend="torch")
+        return (y.square() * gate.unsqueeze(-1)).sum()
+
+    def reference(x, gate):
+        values = naive.compress_reference(x, active, None, flat)["values"]
+        side = naive.compress_reference(x.square(), active, None, flat)["values"]
+        y = naive.extract_reference(torch.tanh(values) * side, active, gate, flat)
+        return (y.square() * gate.unsqueeze(-1)).sum()
+
+    got = torch.autograd.functional.hvp(ours, (x, gate), v)[1]
+    want = torch.autograd.functional.hvp(reference, (x, gate), v)[1]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_build_index_is_compress_without_values():
+    active = torch.rand(3, 7) > 0.5
+    for layout in ("padded", "flat"):
+        index, packed = build_index(active, 2, layout), compress(torch.randn(3, 7, 2), active, capacity=2, layout=layout)
+        assert index.values is None and index.capacity == packed.capacity
+        for name in ("mask", "positions", "counts", "scatter_index", "active"):
+            assert torch.equal(getattr(index, name), getattr(packed, name)), name
 
 
 def test_gradients_match_dense_masked_computation():
@@ -185,6 +248,7 @@ def test_compact_like_uses_same_pattern():
         (torch.randn(4, 3), torch.ones(4, 3, dtype=torch.bool), r"x must have shape \[B, L, D\]"),
         (torch.randn(2, 4, 3), torch.ones(2, 5, dtype=torch.bool), r"active must have shape \[B, L\] = \(2, 4\)"),
         (torch.randn(2, 4, 3), torch.ones(2, 4), r"active must be a bool"),
+        (torch.randn(2, 4, 3), torch.ones(2, 4, dtype=torch.bool, device="meta"), r"active must be on the device of x"),
     ],
 )
 def test_compress_rejects_bad_input(x, active, match):

@@ -1,4 +1,6 @@
-"""Triton compaction kernels against the torch reference.
+"""Triton compaction kernels against the whole-op reference (``naive.compress_reference`` /
+``extract_reference``: plain autograd, its own bookkeeping), forward, gradients and
+second-order gradients.
 
 On a CPU-only machine the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``,
 set by ``conftest.py`` and again here before smakit imports them), so shapes stay tiny and
@@ -20,8 +22,9 @@ if DEVICE == "cpu":
 pytest.importorskip("triton")
 
 from smakit.ops import compact_like, compress, extract  # noqa: E402
-from smakit.ops.compaction import _resolve  # noqa: E402
+from smakit.ops.compaction import naive  # noqa: E402
 from smakit.ops.compaction import triton as kernels  # noqa: E402
+from smakit.ops.compaction.backend import resolve  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not kernels.usable_on(torch.device(DEVICE)),
@@ -87,6 +90,18 @@ def assert_within_dtype_error(name, got, same_dtype_ref, fp32_ref, dtype):
     assert err <= 2 * ref_err + 1e-5 * scale, f"{name}: error {err:.3g} vs same-dtype PyTorch {ref_err:.3g}"
 
 
+def reference_fields(x, active, capacity, layout):
+    """Every field of :class:`Compacted`, from the whole-op reference."""
+    B, L = active.shape
+    ref = naive.compress_reference(x, active, capacity, layout == "flat")
+    if layout == "flat":
+        scatter = ref["batch_index"] * L + ref["positions"]
+    else:
+        row_start = torch.arange(B, device=active.device).unsqueeze(1) * L
+        scatter = torch.where(ref["mask"], ref["positions"] + row_start, B * L).reshape(-1)
+    return {**ref, "scatter_index": scatter}
+
+
 @pytest.mark.parametrize("capacity", [None, 3], ids=["dynamic", "cap3"])
 @pytest.mark.parametrize("layout", ["padded", "flat"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
@@ -95,7 +110,7 @@ def test_compress_matches_reference(B, L, D, kind, dtype, layout, capacity, pois
     x = randn(B, L, D, dtype=dtype)
     active = make_active(B, L, kind)
     got = packed_fields(compress(x, active, capacity=capacity, layout=layout, backend="triton"))
-    want = packed_fields(compress(x, active, capacity=capacity, layout=layout, backend="torch"))
+    want = reference_fields(x, active, capacity, layout)
     for name, w in want.items():
         g = got[name]
         if w is None:
@@ -105,19 +120,33 @@ def test_compress_matches_reference(B, L, D, kind, dtype, layout, capacity, pois
         assert torch.equal(g, w), f"{name}:\n{g}\nwant\n{w}"  # a copy: bit-exact
 
 
+def toy_module(values, side):
+    return values * 1.5 + side.sum(-1, keepdim=True)
+
+
+def pipeline_loss(y, side):
+    w = torch.linspace(-1, 1, y.shape[-1], device=y.device, dtype=y.dtype)
+    return (y.float() * w.float()).sum() + side.float().square().sum()
+
+
 def run_pipeline(x, active, gate, extra, layout, capacity, backend):
-    """compress -> a toy module -> extract, plus compact_like; returns outputs and gradients."""
+    """compress -> a toy module -> extract, plus compact_like, on ``backend`` (``"reference"``:
+    the whole-op reference); returns outputs and gradients."""
     x = x.detach().requires_grad_()
     extra = extra.detach().requires_grad_()
     gate = gate.detach().requires_grad_() if gate is not None else None
-    packed = compress(x, active, capacity=capacity, layout=layout, backend=backend)
-    side = compact_like(extra, packed, backend=backend)  # [B, K, 3] or [N, 3]
-    h = packed.values * 1.5 + side.sum(-1, keepdim=True)
-    y = extract(h, packed, gate, backend=backend)
-    w = torch.linspace(-1, 1, y.shape[-1], device=y.device, dtype=y.dtype)
-    loss = (y.float() * w.float()).sum() + side.float().square().sum()
+    flat = layout == "flat"
+    if backend == "reference":
+        values = naive.compress_reference(x, active, capacity, flat)["values"]
+        side = naive.compress_reference(extra, active, capacity, flat)["values"]
+        kept = naive.compress_reference(x, active, capacity, flat)["kept"]
+        y = naive.extract_reference(toy_module(values, side), kept, gate, flat)
+    else:
+        packed = compress(x, active, capacity=capacity, layout=layout, backend=backend)
+        side = compact_like(extra, packed, backend=backend)  # [B, K, 3] or [N, 3]
+        y = extract(toy_module(packed.values, side), packed, gate, backend=backend)
     inputs = [x, extra] + ([gate] if gate is not None else [])
-    grads = torch.autograd.grad(loss, inputs)
+    grads = torch.autograd.grad(pipeline_loss(y, side), inputs)
     out = {"y": y, "side": side, "grad_x": grads[0], "grad_extra": grads[1]}
     if gate is not None:
         out["grad_gate"] = grads[2]
@@ -134,8 +163,8 @@ def test_extract_and_gradients_match_reference(B, L, D, kind, dtype, layout, cap
     x, extra = randn(B, L, D, dtype=dtype), randn(B, L, 3, dtype=dtype, seed=1)
     gate = torch.rand(B, L, generator=torch.Generator().manual_seed(2)).to(DEVICE) if gated else None
     got = run_pipeline(x, active, gate, extra, layout, capacity, "triton")
-    same = run_pipeline(x, active, gate, extra, layout, capacity, "torch")
-    exact = run_pipeline(x.float(), active, gate, extra.float(), layout, capacity, "torch")
+    same = run_pipeline(x, active, gate, extra, layout, capacity, "reference")
+    exact = run_pipeline(x.float(), active, gate, extra.float(), layout, capacity, "reference")
     for name in same:
         assert got[name].shape == same[name].shape, name
         assert_within_dtype_error(name, got[name], same[name], exact[name], dtype)
@@ -149,10 +178,52 @@ def test_fp16(layout, poison):
     x, extra = randn(B, L, D, dtype=torch.float16), randn(B, L, 3, dtype=torch.float16, seed=1)
     gate = torch.rand(B, L, generator=torch.Generator().manual_seed(2)).to(DEVICE)
     got = run_pipeline(x, active, gate, extra, layout, None, "triton")
-    same = run_pipeline(x, active, gate, extra, layout, None, "torch")
-    exact = run_pipeline(x.float(), active, gate, extra.float(), layout, None, "torch")
+    same = run_pipeline(x, active, gate, extra, layout, None, "reference")
+    exact = run_pipeline(x.float(), active, gate, extra.float(), layout, None, "reference")
     for name in same:
         assert_within_dtype_error(name, got[name], same[name], exact[name], torch.float16)
+
+
+def second_order_fn(active, layout, backend):
+    """A scalar loss whose Hessian mixes every op: compress, compact_like, extract with a gate."""
+    flat = layout == "flat"
+
+    def fn(x, gate):
+        if backend == "reference":
+            values = naive.compress_reference(x, active, None, flat)["values"]
+            side = naive.compress_reference(x.square(), active, None, flat)["values"]
+            y = naive.extract_reference(torch.tanh(values) * side, active, gate, flat)
+        else:
+            packed = compress(x, active, layout=layout, backend=backend)
+            side = compact_like(x.square(), packed, backend=backend)
+            y = extract(torch.tanh(packed.values) * side, packed, gate, backend=backend)
+        return (y.square() * gate.unsqueeze(-1)).sum()
+    return fn
+
+
+@pytest.mark.parametrize("layout", ["padded", "flat"])
+def test_hessian_vector_product_matches_reference(layout):
+    """Second-order gradients through the kernels (each backward is differentiable)."""
+    B, L, D = 2, 11, 3
+    active = make_active(B, L, "mixed")
+    x, gate = randn(B, L, D), torch.rand(B, L, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    v = (randn(B, L, D, seed=4), randn(B, L, seed=5))
+    got = torch.autograd.functional.hvp(second_order_fn(active, layout, "triton"), (x, gate), v)[1]
+    want = torch.autograd.functional.hvp(second_order_fn(active, layout, "reference"), (x, gate), v)[1]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["padded", "flat"])
+def test_gradgradcheck_float64(layout):
+    """The kernels compute gate products in float64 for float64 data, so finite differences
+    check them (fast mode: random projections, the interpreter is slow)."""
+    B, L, D = 2, 5, 3
+    active = make_active(B, L, "random", seed=1)
+    x = randn(B, L, D, dtype=torch.float64).requires_grad_()
+    gate = torch.rand(B, L, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    fn = second_order_fn(active, layout, "triton")
+    assert torch.autograd.gradgradcheck(fn, (x, gate.requires_grad_()), fast_mode=True)
 
 
 def test_hand_built_compacted_without_active_flags():
@@ -169,11 +240,11 @@ def test_hand_built_compacted_without_active_flags():
 
 
 def test_auto_backend_picks_torch_on_cpu_and_triton_on_cuda():
-    assert _resolve("auto", torch.device("cpu")) == "torch"
+    assert resolve("auto", torch.device("cpu")) == "torch"
     if torch.cuda.is_available():
-        assert _resolve("auto", torch.device("cuda")) == "triton"
+        assert resolve("auto", torch.device("cuda")) == "triton"
     with pytest.raises(ValueError, match="backend must be one of"):
-        _resolve("cuda", torch.device("cpu"))
+        resolve("cuda", torch.device("cpu"))
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="CPU-only behaviour")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..modules._helpers import default, exists
+from .._utils import default, exists
 from ..sma import aux_losses
 from .baselines import FeedForwardBlock, TransformerLayer
 from .seqboat import SeqBoatLayer

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modules import LocalGatedAttention, MultiHeadEMA
-from ..modules._helpers import default, exists
+from .._utils import default, exists
 from ..sma import sma
 from ..streaming import ema_final_state
 

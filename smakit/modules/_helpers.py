@@ -1,20 +1,3 @@
-"""Small shared helpers for the modules (``exists``/``default`` and masking)."""
+"""Deprecated location: the helpers live in :mod:`smakit._utils`."""
 
-from __future__ import annotations
-
-from torch import Tensor
-
-
-def exists(v) -> bool:
-    return v is not None
-
-
-def default(v, d):
-    return v if exists(v) else d
-
-
-def zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
-    """``x [B, L, ...]`` with the rows where ``mask [B, L]`` is False set to zero."""
-    if mask is None:
-        return x
-    return x.masked_fill(~mask.view(*mask.shape, *([1] * (x.dim() - 2))), 0.0)
+from .._utils import default, exists, zero_padding  # noqa: F401

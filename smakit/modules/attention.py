@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.fx.experimental.symbolic_shapes import guard_or_true
 
-from ._helpers import default, exists
+from .._utils import default, exists
 from .position import RelativePositionBias, apply_rotary, rotary_frequencies
 
 ATTENTIONS = ("softmax", "relu2")

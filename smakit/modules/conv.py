@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._helpers import zero_padding
+from .._utils import zero_padding
 
 
 class CausalConv(nn.Module):

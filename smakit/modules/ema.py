@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._helpers import default, exists, zero_padding
+from .._utils import default, exists, zero_padding
 
 
 def fft_causal_conv(x: Tensor, k: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._helpers import default
+from .._utils import default
 
 ACTIVATIONS = ("gelu", "swiglu")
 

@@ -1,9 +1,11 @@
 """Order-preserving compaction: :func:`compress` routed tokens, :func:`extract` outputs back.
 
-Layers: row movers (``naive.py`` reference / ``triton.py`` kernels) -> ``custom_ops.py``
-(``torch.library`` ops with fake implementations, one per direction) -> ``CompressFunction`` /
-``GatherFunction`` / ``ExtractFunction`` (autograd) -> :func:`compress` / :func:`extract` /
-:func:`compact_like` (validated public functions).
+Layers, bottom up: backends ``naive.py`` (plain PyTorch, the reference) and ``triton.py``
+(kernels), with the same three functions -> ``backend.py`` (picks one) -> ``custom_ops.py``
+(``torch.library`` ops with fake implementations) -> ``autograd.py`` (``CompressFunction``,
+``ExtractFunction`` and the row movers; gradients of any order) -> ``layout.py``
+(:class:`Compacted`, :func:`compact_like`, :func:`build_index`) -> :func:`compress` /
+:func:`extract` here. Inputs are validated once, by the public functions.
 
 Compile: every op is a custom op, so ``torch.compile(..., fullgraph=True)`` traces
 :func:`compress` and :func:`extract` without graph breaks. With ``capacity=K`` (static
@@ -14,120 +16,19 @@ size its output, and the traced graph carries it as an unbacked size.
 
 from __future__ import annotations
 
-import math
-import os
-
-import torch
 from torch import Tensor
 
-from . import custom_ops as ops
-from .layout import FLAT, PADDED, Compacted, build_index
-
-BACKENDS = ("auto", "torch", "triton")
-
-
-def _triton_usable(device: torch.device) -> bool:
-    """Whether the Triton kernels can run on ``device`` (imports them on first use)."""
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return False
-    try:
-        from . import triton as triton_kernels
-    except ImportError:
-        return False
-    return triton_kernels.usable_on(device)
-
-
-@torch.compiler.assume_constant_result
-def _resolve(backend: str, device: torch.device) -> str:
-    """The backend that runs: ``"torch"`` or ``"triton"``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
-        return "torch"
-    if _triton_usable(device):
-        return "triton"
-    if backend == "auto":
-        return "torch"
-    raise RuntimeError(
-        f"backend='triton' needs the triton package and CUDA tensors (got {device.type} tensors); CPU tensors "
-        "run the kernels only under the Triton interpreter, with TRITON_INTERPRET=1 set before smakit imports them"
-    )
-
-
-class CompressFunction(torch.autograd.Function):
-    """``x [B, L, D]`` -> values and index tensors; backward scatters gradients one-to-one."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, active: Tensor, capacity: int, flat: bool, backend: str):
-        out = ops.call(ops.compress, x, active, capacity, flat, backend)
-        values, positions, mask, counts, scatter_index, batch_index, kept = out
-        ctx.mark_non_differentiable(positions, mask, counts, scatter_index, batch_index, kept)
-        ctx.save_for_backward(kept, counts, scatter_index)
-        ctx.flat, ctx.backend = flat, backend
-        ctx.K = values.shape[0] if flat else values.shape[1]
-        ctx.D = x.shape[-1]
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_values: Tensor, *_):
-        kept, counts, scatter_index = ctx.saved_tensors
-        B, L = kept.shape
-        grad = grad_values.reshape(scatter_index.shape[0], ctx.D).contiguous()  # [S, D]
-        grad_x = ops.call(ops.compress_backward, grad, kept, counts, scatter_index, ctx.K, ctx.flat, ctx.backend)
-        return grad_x.view(B, L, ctx.D), None, None, None, None
-
-
-class GatherFunction(torch.autograd.Function):
-    """``t [B*L, F]`` -> ``[S, F]`` with an existing compaction; backward as compress's."""
-
-    @staticmethod
-    def forward(ctx, t: Tensor, kept: Tensor, counts: Tensor, scatter_index: Tensor, mask: Tensor,
-                K: int, flat: bool, backend: str) -> Tensor:
-        ctx.save_for_backward(kept, counts, scatter_index)
-        ctx.K, ctx.flat, ctx.backend = K, flat, backend
-        return ops.call(ops.gather, t, scatter_index, mask, flat, backend)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        kept, counts, scatter_index = ctx.saved_tensors
-        grad_t = ops.call(ops.compress_backward, grad.contiguous(), kept, counts, scatter_index,
-                          ctx.K, ctx.flat, ctx.backend)
-        return grad_t, None, None, None, None, None, None, None
-
-
-class ExtractFunction(torch.autograd.Function):
-    """``h [S, D]``, ``gate [B, L]`` -> ``out [B*L, D]`` (``gate * h`` at each slot's token)."""
-
-    @staticmethod
-    def forward(ctx, h: Tensor, gate: Tensor | None, kept: Tensor, counts: Tensor, scatter_index: Tensor,
-                mask: Tensor, K: int, flat: bool, backend: str) -> Tensor:
-        ctx.save_for_backward(h, gate, scatter_index, mask)
-        ctx.flat, ctx.backend = flat, backend
-        return ops.call(ops.extract, h, gate, kept, counts, scatter_index, mask, K, flat, backend)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        h, gate, scatter_index, mask = ctx.saved_tensors
-        need_gate = gate is not None and ctx.needs_input_grad[1]
-        grad_h, grad_gate = ops.call(ops.extract_backward, grad_out.contiguous(), h, gate, scatter_index, mask,
-                                     need_gate, ctx.flat, ctx.backend)
-        grad_gate = grad_gate.view(gate.shape).to(gate.dtype) if need_gate else None
-        return grad_h, grad_gate, None, None, None, None, None, None, None
-
-
-def _check_x_active(x: Tensor, active: Tensor) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a Tensor of shape [B, L, D], got {type(x).__name__}")
-    if x.dim() != 3:
-        raise ValueError(f"x must have shape [B, L, D], got {tuple(x.shape)}")
-    if not isinstance(active, Tensor):
-        raise TypeError(f"active must be a bool Tensor of shape [B, L], got {type(active).__name__}")
-    if active.dtype != torch.bool:
-        raise TypeError(f"active must be a bool tensor of shape [B, L], got dtype {active.dtype}")
-    if tuple(active.shape) != tuple(x.shape[:2]):
-        raise ValueError(
-            f"active must have shape [B, L] = {tuple(x.shape[:2])} to match x, got {tuple(active.shape)}"
-        )
+from .autograd import CompressFunction, ExtractFunction
+from .backend import resolve
+from .layout import (
+    FLAT,
+    PADDED,
+    Compacted,
+    build_index,
+    check_active,
+    check_capacity_layout,
+    compact_like,
+)
 
 
 def compress(
@@ -158,7 +59,7 @@ def compress(
 
     Returns:
         Compacted: ``values``, ``mask``, ``positions``, ``counts`` and the index that
-        :func:`extract` uses. Differentiable in ``x``.
+        :func:`extract` uses. Differentiable in ``x``, to any order.
 
     Shape:
         - x: ``[B, L, D]``, active: ``[B, L]``
@@ -173,35 +74,19 @@ def compress(
         tensor([[0, 2],
                 [3, 4]])
     """
-    _check_x_active(x, active)
-    if layout not in (PADDED, FLAT):
-        raise ValueError(f"layout must be 'padded' or 'flat', got {layout!r}")
-    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, (int, torch.SymInt))
-                                 or capacity < 1):
-        raise ValueError(f"capacity must be a positive int (slots per row), got {capacity!r}")
-    B, L = x.shape[:2]
-    feat = x.shape[2:]
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a Tensor of shape [B, L, D], got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape [B, L, D], got {tuple(x.shape)}")
+    check_active(active, tuple(x.shape[:2]))
+    if active.device != x.device:
+        raise ValueError(f"active must be on the device of x ({x.device}), got {active.device}")
+    check_capacity_layout(capacity, layout)
     flat = layout == FLAT
-    x3 = x.reshape(B, L, math.prod(feat))
-    out = CompressFunction.apply(x3, active, capacity or 0, flat, _resolve(backend, x.device))
+    out = CompressFunction.apply(x, active, capacity or 0, flat, resolve(backend, x.device))
     values, positions, mask, counts, scatter_index, batch_index, kept = out
-    values = values.view(*values.shape[:-1], *feat)
-    return Compacted(values, mask, positions, counts, batch_index if flat else None, scatter_index, L, layout, kept)
-
-
-def compact_like(t: Tensor, packed: Compacted, backend: str = "auto") -> Tensor:
-    """Compact ``t [B, L, *]`` with the pattern of ``packed`` (differentiable)."""
-    if not isinstance(t, Tensor) or t.dim() < 2 or tuple(t.shape[:2]) != (packed.batch_size, packed.seq_len):
-        shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-        raise ValueError(
-            f"tensor to compact must have shape [B, L, ...] = [{packed.batch_size}, {packed.seq_len}, ...], got {shape}"
-        )
-    B, L = packed.batch_size, packed.seq_len
-    flat = packed.layout == FLAT
-    values = GatherFunction.apply(t.reshape(B * L, math.prod(t.shape[2:])), packed.kept(), packed.counts, packed.scatter_index,
-                                  packed.mask, packed.capacity, flat, _resolve(backend, t.device))
-    lead = values.shape[:1] if flat else (B, packed.capacity)
-    return values.view(*lead, *t.shape[2:])
+    return Compacted(values, mask, positions, counts, batch_index if flat else None, scatter_index,
+                     x.shape[1], layout, kept)
 
 
 def extract(h: Tensor, packed: Compacted, gate: Tensor | None = None, *, backend: str = "auto") -> Tensor:
@@ -217,7 +102,16 @@ def extract(h: Tensor, packed: Compacted, gate: Tensor | None = None, *, backend
 
     Returns:
         Tensor: ``[B, L, D']``, ``gate * h`` at active tokens and exact zeros elsewhere.
-        Differentiable in ``h`` and ``gate``.
+        Differentiable in ``h`` and ``gate``, to any order.
+
+    Examples::
+
+        >>> active = torch.tensor([[True, False, True]])
+        >>> packed = compress(torch.ones(1, 3, 2), active)
+        >>> extract(packed.values * 2, packed, gate=torch.tensor([[0.5, 0.5, 1.0]]))
+        tensor([[[1., 1.],
+                 [0., 0.],
+                 [2., 2.]]])
     """
     if not isinstance(packed, Compacted):
         raise TypeError(f"packed must be the Compacted returned by compress, got {type(packed).__name__}")
@@ -235,7 +129,7 @@ def extract(h: Tensor, packed: Compacted, gate: Tensor | None = None, *, backend
             raise TypeError(f"gate must be a floating tensor, got dtype {gate.dtype}")
     h2 = h.reshape(packed.scatter_index.shape[0], h.shape[-1])
     out = ExtractFunction.apply(h2, gate, packed.kept(), packed.counts, packed.scatter_index,
-                                packed.mask, packed.capacity, packed.layout == FLAT, _resolve(backend, h.device))
+                                packed.capacity, packed.layout == FLAT, resolve(backend, h.device))
     return out.view(B, L, h.shape[-1])
 
 

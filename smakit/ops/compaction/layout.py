@@ -1,15 +1,17 @@
-"""The :class:`Compacted` record and the index bookkeeping shared by every backend.
-
-Bookkeeping is done once per routing decision on small integer tensors (``[B, L]``); the
-backends only move feature rows with the indices it produces.
-"""
+"""The :class:`Compacted` record, :func:`compact_like` (another tensor, same pattern) and
+:func:`build_index` (the bookkeeping alone)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from . import naive
+from .autograd import GatherRows
+from .backend import resolve
 
 PADDED, FLAT = "padded", "flat"
 
@@ -19,8 +21,8 @@ class Compacted:
     """Routed tokens gathered in their original order, plus what :func:`extract` needs.
 
     Attributes:
-        values (Tensor): ``[B, K, D]`` (padded layout) or ``[N, D]`` (flat layout). Padding
-            slots hold zeros.
+        values (Tensor or None): ``[B, K, D]`` (padded layout) or ``[N, D]`` (flat layout).
+            Padding slots hold zeros. ``None`` from :func:`build_index` (bookkeeping only).
         mask (Tensor): ``[B, K]`` bool, True for a real slot (flat layout: ``[N]``, all True).
         positions (Tensor): ``[B, K]`` int64, the original index in ``[0, L)`` of each slot,
             increasing along ``K``; padding slots hold ``-1`` (flat layout: ``[N]``).
@@ -34,9 +36,15 @@ class Compacted:
             ones, less any dropped by ``capacity``). The Triton backend finds each token's
             slot from it with a prefix sum. ``None`` when built by hand; it is then
             rebuilt from ``scatter_index`` on demand (see :meth:`kept`).
+
+    Examples::
+
+        >>> packed = build_index(torch.tensor([[True, False, True]]))
+        >>> packed.positions, packed.capacity
+        (tensor([[0, 2]]), 2)
     """
 
-    values: Tensor
+    values: Tensor | None
     mask: Tensor
     positions: Tensor
     counts: Tensor
@@ -53,7 +61,7 @@ class Compacted:
     @property
     def capacity(self) -> int:
         """Slots per row ``K`` (padded layout) or total tokens ``N`` (flat layout)."""
-        return self.values.shape[-2]
+        return self.mask.shape[-1]
 
     def kept(self) -> Tensor:
         """``[B, L]`` bool, True for each token that has a slot."""
@@ -64,67 +72,82 @@ class Compacted:
         return flags.index_fill_(0, self.scatter_index, True)[: B * L].view(B, L)
 
     def compact(self, t: Tensor, backend: str = "auto") -> Tensor:
-        """Compact another ``[B, L, *]`` tensor with the same pattern (differentiable).
-
-        Returns ``[B, K, *]`` (padded) or ``[N, *]`` (flat), padding slots zero.
-        """
-        from . import compact_like
-
+        """Compact another ``[B, L, *]`` tensor with the same pattern; see :func:`compact_like`."""
         return compact_like(t, self, backend=backend)
 
 
-@dataclass
-class CompactionIndex:
-    """Integer bookkeeping of one compaction (no feature data)."""
+def compact_like(t: Tensor, packed: Compacted, backend: str = "auto") -> Tensor:
+    """Compact another tensor with the pattern of an earlier :func:`compress` (differentiable).
 
-    mask: Tensor
-    positions: Tensor
-    counts: Tensor
-    batch_index: Tensor | None
-    scatter_index: Tensor
-    seq_len: int
-    layout: str
-    active: Tensor  # [B, L] bool, tokens that got a slot (never the caller's tensor)
+    Args:
+        t (Tensor): ``[B, L, *]``, e.g. positions or a second input of the module.
+        packed (Compacted): the compaction to copy.
+        backend (str): as in :func:`compress`. Default: ``"auto"``.
 
+    Returns:
+        Tensor: ``[B, K, *]`` (padded layout, zeros on padding slots) or ``[N, *]`` (flat).
 
-def build_index(active: Tensor, capacity: int | None = None, layout: str = PADDED) -> CompactionIndex:
-    """Slot bookkeeping for ``active [B, L]`` (bool).
+    Examples::
 
-    Padded layout: ``K = capacity`` when given (tokens past the ``K``-th active one of a row
-    are dropped, so no host sync), otherwise the longest row (one host sync), at least 1 so
-    the module always runs and every parameter gets a gradient.
-    Flat layout: all active tokens in row-major order (``N`` is data dependent).
+        >>> active = torch.tensor([[True, False, True]])
+        >>> packed = compress(torch.randn(1, 3, 4), active)
+        >>> compact_like(torch.tensor([[10.0, 20.0, 30.0]]), packed)
+        tensor([[10., 30.]])
     """
-    B, L = active.shape
-    device = active.device
-    if layout == FLAT:
-        if capacity is not None:
-            slot = active.cumsum(1) - 1
-            active = active & (slot < capacity)
-        else:
-            active = active.clone()
-        scatter_index = active.reshape(-1).nonzero().squeeze(1)
-        positions = scatter_index % max(L, 1)
-        batch_index = scatter_index // max(L, 1)
-        counts = active.sum(1)
-        mask = torch.ones_like(scatter_index, dtype=torch.bool)
-        return CompactionIndex(mask, positions, counts, batch_index, scatter_index, L, FLAT, active)
+    if not isinstance(t, Tensor) or t.dim() < 2 or tuple(t.shape[:2]) != (packed.batch_size, packed.seq_len):
+        shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(
+            f"tensor to compact must have shape [B, L, ...] = [{packed.batch_size}, {packed.seq_len}, ...], got {shape}"
+        )
+    B, L = packed.batch_size, packed.seq_len
+    flat = packed.layout == FLAT
+    values = GatherRows.apply(t.reshape(B * L, math.prod(t.shape[2:])), packed.kept(), packed.counts,
+                              packed.scatter_index, packed.capacity, flat, resolve(backend, t.device))
+    lead = values.shape[:1] if flat else (B, packed.capacity)
+    return values.view(*lead, *t.shape[2:])
 
-    slot = active.cumsum(1) - 1  # [B, L] slot of each active token
-    if capacity is None:
-        counts = active.sum(1)
-        K = max(int(counts.max()) if B * L > 0 else 0, 1)
-        keep = active.clone()
-    else:
-        K = int(capacity)
-        keep = active & (slot < K)
-        counts = keep.sum(1)
-    # scatter each kept token's position into its slot; the rest go to a dump column K
-    target = torch.where(keep, slot, K)
-    positions = torch.full((B, K + 1), -1, dtype=torch.long, device=device)
-    positions.scatter_(1, target, torch.arange(L, device=device).expand(B, L))
-    positions = positions[:, :K].contiguous()
-    mask = positions >= 0
-    row_start = torch.arange(B, device=device).unsqueeze(1) * L
-    scatter_index = torch.where(mask, positions + row_start, B * L).reshape(-1)
-    return CompactionIndex(mask, positions, counts, None, scatter_index, L, PADDED, keep)
+
+def check_active(active: Tensor, batch_shape: tuple | None = None) -> None:
+    """``active`` must be a bool ``[B, L]`` tensor (``batch_shape`` when given)."""
+    if not isinstance(active, Tensor):
+        raise TypeError(f"active must be a bool Tensor of shape [B, L], got {type(active).__name__}")
+    if active.dtype != torch.bool:
+        raise TypeError(f"active must be a bool tensor of shape [B, L], got dtype {active.dtype}")
+    if batch_shape is not None and tuple(active.shape) != batch_shape:
+        raise ValueError(f"active must have shape [B, L] = {batch_shape} to match x, got {tuple(active.shape)}")
+    if active.dim() != 2:
+        raise ValueError(f"active must have shape [B, L], got {tuple(active.shape)}")
+
+
+def check_capacity_layout(capacity, layout: str) -> None:
+    if layout not in (PADDED, FLAT):
+        raise ValueError(f"layout must be 'padded' or 'flat', got {layout!r}")
+    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, (int, torch.SymInt))
+                                 or capacity < 1):
+        raise ValueError(f"capacity must be a positive int (slots per row), got {capacity!r}")
+
+
+def build_index(active: Tensor, capacity: int | None = None, layout: str = PADDED) -> Compacted:
+    """The slot bookkeeping of :func:`compress` without moving any feature (``values`` is ``None``).
+
+    Args:
+        active (Tensor): bool ``[B, L]``, True where the token is routed.
+        capacity (int, optional): slots per row, as in :func:`compress`. Default: ``None``.
+        layout (str): ``"padded"`` or ``"flat"``. Default: ``"padded"``.
+
+    Returns:
+        Compacted: ``mask``, ``positions``, ``counts``, ``scatter_index`` (and ``batch_index``
+        in the flat layout); ``values`` is ``None``.
+
+    Examples::
+
+        >>> build_index(torch.tensor([[False, True, True], [True, False, False]])).positions
+        tensor([[ 1,  2],
+                [ 0, -1]])
+    """
+    check_active(active)
+    check_capacity_layout(capacity, layout)
+    flat = layout == FLAT
+    positions, mask, counts, scatter_index, batch_index, kept = naive.build_index(active, capacity or 0, flat)
+    return Compacted(None, mask, positions, counts, batch_index if flat else None, scatter_index,
+                     active.shape[1], layout, kept)

@@ -14,10 +14,13 @@ Three kernels move every feature row exactly once:
   padding) and, when asked, ``grad_gate[token] = <src[token], h[slot]>`` in the same pass;
   it is the extract backward and the forward of :func:`compact_like`.
 
-Launchers allocate outputs, check shapes and pick the grid; ``custom_ops.py`` registers
-them as ``torch.library`` ops. Offsets are int64, every load/store is masked (any ``D``).
-CPU tensors run only under the interpreter (``TRITON_INTERPRET=1`` set before this module
-is imported), which the tests use.
+The launchers :func:`compress_fwd`, :func:`scatter_rows` and :func:`gather_rows` have the
+signatures of ``naive.py``'s (the inputs are validated by the public functions);
+``custom_ops.py`` registers them as ``torch.library`` ops. Offsets are int64, every
+load/store is masked (any ``D``). Gate products and dot products run in float32 (float64
+for float64 data). CPU tensors run only under the interpreter (``TRITON_INTERPRET=1`` set
+before this module is imported), which the tests use; :data:`INTERPRET` is the one place
+that reads it.
 """
 
 from __future__ import annotations
@@ -74,7 +77,25 @@ def _chunking(B: int, L: int, device: torch.device, row_bytes: int) -> tuple[int
     return chunk, max(-(-L // chunk), 1)
 
 
+def _acc_dtype(t: Tensor):
+    """What the kernels multiply and sum ``t``'s elements in."""
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
 # kernels
+
+
+@triton.jit
+def _count_flags(row_ptr, start, stop, BLOCK_P: tl.constexpr):
+    """``(flags before start, flags before stop)`` of one row of uint8 flags, ``start <= stop``."""
+    before = tl.zeros([], tl.int32)
+    total = tl.zeros([], tl.int32)
+    for p0 in range(0, stop, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        a = tl.load(row_ptr + offs_p, mask=offs_p < stop, other=0).to(tl.int32)  # [BP]
+        total += tl.sum(a, 0)
+        before += tl.sum(tl.where(offs_p < start, a, 0), 0)
+    return before, total
 
 
 @triton.autotune(configs=_TOKEN_CONFIGS, key=["D"])
@@ -91,14 +112,7 @@ def _compress_fwd_kernel(
     b64 = b.to(tl.int64)
     start = c * CHUNK
     act_row = active_ptr + b64 * L
-    # active tokens before this chunk, and in the whole row
-    prefix = tl.zeros([], tl.int32)
-    total = tl.zeros([], tl.int32)
-    for p0 in range(0, L, BLOCK_P):
-        offs_p = p0 + tl.arange(0, BLOCK_P)
-        a = tl.load(act_row + offs_p, mask=offs_p < L, other=0).to(tl.int32)  # [BP]
-        total += tl.sum(a, 0)
-        prefix += tl.sum(tl.where(offs_p < start, a, 0), 0)
+    prefix, total = _count_flags(act_row, start, L, BLOCK_P)  # active tokens before the chunk, in the row
     if FLAT:
         base = tl.load(row_start_ptr + b).to(tl.int64)
     else:
@@ -152,7 +166,7 @@ def _compress_fwd_kernel(
 def _scatter_rows_kernel(
     src_ptr, kept_ptr, row_start_ptr, gate_ptr, dst_ptr,
     L, D, K, CHUNK, NUM_CHUNKS,
-    FLAT: tl.constexpr, HAS_GATE: tl.constexpr,
+    FLAT: tl.constexpr, HAS_GATE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -161,10 +175,7 @@ def _scatter_rows_kernel(
     b64 = b.to(tl.int64)
     start = c * CHUNK
     kept_row = kept_ptr + b64 * L
-    prefix = tl.zeros([], tl.int32)
-    for p0 in range(0, start, BLOCK_P):
-        offs_p = p0 + tl.arange(0, BLOCK_P)
-        prefix += tl.sum(tl.load(kept_row + offs_p, mask=offs_p < start, other=0).to(tl.int32), 0)
+    prefix, _ = _count_flags(kept_row, start, start, BLOCK_P)
     if FLAT:
         base = tl.load(row_start_ptr + b).to(tl.int64)
     else:
@@ -182,13 +193,13 @@ def _scatter_rows_kernel(
         src = src_ptr + (base + slot.to(tl.int64))[:, None] * D
         tok = b64 * L + offs_l.to(tl.int64)
         if HAS_GATE:
-            g = tl.load(gate_ptr + tok, mask=keep, other=0).to(tl.float32)  # [BL]
+            g = tl.load(gate_ptr + tok, mask=keep, other=0).to(ACC)  # [BL]
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + offs_d0
             dm = (offs_d < D)[None, :]
             v = tl.load(src + offs_d[None, :], mask=keep[:, None] & dm, other=0)  # [BL, BD]
             if HAS_GATE:
-                v = (v.to(tl.float32) * g[:, None]).to(v.dtype)
+                v = (v.to(ACC) * g[:, None]).to(v.dtype)
             tl.store(dst_ptr + tok[:, None] * D + offs_d[None, :], v, mask=in_row[:, None] & dm)
 
 
@@ -197,15 +208,16 @@ def _scatter_rows_kernel(
 def _gather_rows_kernel(
     src_ptr, index_ptr, gate_ptr, h_ptr, dst_ptr, grad_gate_ptr,
     S, D, ROWS,
-    HAS_GATE: tl.constexpr, NEED_DOT: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_GATE: tl.constexpr, NEED_DOT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     offs_s = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)  # [BS]
     sm = offs_s < S
     idx = tl.load(index_ptr + offs_s, mask=sm, other=ROWS)
     valid = idx < ROWS  # padding slots point one past the last token
     if HAS_GATE:
-        g = tl.load(gate_ptr + idx, mask=valid, other=0).to(tl.float32)
-    acc = tl.zeros([BLOCK_S], tl.float32)
+        g = tl.load(gate_ptr + idx, mask=valid, other=0).to(ACC)
+    acc = tl.zeros([BLOCK_S], ACC)
     offs_d0 = tl.arange(0, BLOCK_D)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + offs_d0
@@ -213,23 +225,15 @@ def _gather_rows_kernel(
         v = tl.load(src_ptr + idx[:, None] * D + offs_d[None, :], mask=valid[:, None] & dm, other=0)  # [BS, BD]
         if NEED_DOT:
             hv = tl.load(h_ptr + offs_s[:, None] * D + offs_d[None, :], mask=valid[:, None] & dm, other=0)
-            acc += tl.sum(v.to(tl.float32) * hv.to(tl.float32), 1)
+            acc += tl.sum(v.to(ACC) * hv.to(ACC), 1)
         if HAS_GATE:
-            v = (v.to(tl.float32) * g[:, None]).to(v.dtype)
+            v = (v.to(ACC) * g[:, None]).to(v.dtype)
         tl.store(dst_ptr + offs_s[:, None] * D + offs_d[None, :], v, mask=sm[:, None] & dm)
     if NEED_DOT:
         tl.store(grad_gate_ptr + idx, acc, mask=valid)
 
 
-# launchers
-
-
-def _check(t: Tensor, name: str) -> None:
-    if not usable_on(t.device):
-        raise RuntimeError(
-            f"the Triton compaction kernels need CUDA tensors ({name} is on {t.device}); CPU tensors run "
-            "them only under the interpreter (TRITON_INTERPRET=1 set before smakit imports its kernels)"
-        )
+# launchers (same signatures as naive.py's)
 
 
 def _bytes(t: Tensor) -> Tensor:
@@ -242,20 +246,11 @@ def _row_start(counts: Tensor) -> Tensor:
 
 
 def compress_fwd(x: Tensor, active: Tensor, capacity: int, flat: bool) -> tuple[Tensor, ...]:
-    """Fused compaction of ``x [B, L, D]`` by ``active [B, L]``.
+    """Fused compaction of ``x [B, L, D]`` by ``active [B, L]``; see ``naive.compress_fwd``.
 
-    ``capacity``: slots per row (tokens past a row's ``capacity``-th active one are dropped);
-    ``0`` sizes it from the data (padded: longest row, at least 1; flat: no limit), which
-    costs one host sync.
-
-    Returns ``(values, positions, mask, counts, scatter_index, batch_index, kept)``: padded
-    ``values [B, K, D]``, ``positions``/``mask`` ``[B, K]``, ``batch_index`` empty; flat
-    ``values [N, D]``, ``positions``/``mask``/``batch_index`` ``[N]``; ``counts [B]``,
-    ``scatter_index [S]``, ``kept [B, L]`` (the active tokens that got a slot).
+    ``capacity`` ``0`` sizes the output from the data, which costs one host sync.
     """
-    _check(x, "x")
     B, L, D = x.shape
-    assert active.shape == (B, L) and active.dtype == torch.bool, "active must be bool [B, L]"
     if x.stride(-1) != 1:
         x = x.contiguous()
     active = active.contiguous()
@@ -292,13 +287,13 @@ def compress_fwd(x: Tensor, active: Tensor, capacity: int, flat: bool) -> tuple[
     return values, positions, mask, counts_out, scatter, batch, kept
 
 
-def scatter_rows(src: Tensor, kept: Tensor, counts: Tensor, K: int, flat: bool, gate: Tensor | None = None) -> Tensor:
-    """``dst [B*L, D]``: ``gate[t] * src[slot(t)]`` for kept tokens ``t``, zeros elsewhere.
+def scatter_rows(src: Tensor, gate: Tensor | None, kept: Tensor, counts: Tensor, scatter_index: Tensor,
+                 K: int, flat: bool) -> Tensor:
+    """``src [S, D]`` slots -> ``[B*L, D]``: ``gate[t] * src[slot(t)]`` at kept tokens, zeros elsewhere.
 
-    ``src [S, D]`` holds the slots of a compaction (padded: row ``b`` at ``b * K``; flat:
-    rows back to back, ``counts [B]`` long). ``gate [B, L]`` is optional.
+    Token-major: each token finds its slot from ``kept`` (padded: row ``b`` at ``b * K``; flat:
+    rows back to back, ``counts`` long), so ``scatter_index`` is not read.
     """
-    _check(src, "src")
     B, L = kept.shape
     D = src.shape[-1]
     src = src.reshape(-1, D).contiguous()
@@ -309,31 +304,27 @@ def scatter_rows(src: Tensor, kept: Tensor, counts: Tensor, K: int, flat: bool, 
     row_start = _row_start(counts) if flat else counts
     _scatter_rows_kernel[(B * num_chunks,)](
         src, _bytes(kept.contiguous()), row_start, gate.contiguous() if gate is not None else src, dst,
-        L, D, K, chunk, num_chunks, FLAT=flat, HAS_GATE=gate is not None,
+        L, D, K, chunk, num_chunks, FLAT=flat, HAS_GATE=gate is not None, ACC=_acc_dtype(src),
     )
     return dst
 
 
-def gather_rows(
-    src: Tensor, index: Tensor, gate: Tensor | None = None, h: Tensor | None = None
-) -> tuple[Tensor, Tensor | None]:
-    """``dst [S, D]`` with ``dst[s] = gate[index[s]] * src[index[s]]`` (zeros where the index
-    is ``rows``, the padding), and with ``h [S, D]`` also ``grad_gate [rows]`` (float32,
-    ``<src[index[s]], h[s]>`` at each slot's token, zeros elsewhere).
-    """
-    _check(src, "src")
+def gather_rows(src: Tensor, gate: Tensor | None, h: Tensor | None, scatter_index: Tensor) -> tuple[Tensor, Tensor]:
+    """``src [R, D]`` tokens -> ``dst [S, D]`` (``gate[t] * src[t]``, zeros on padding) and, with
+    ``h [S, D]``, ``dot [R]`` (``<src[t], h[slot(t)]>`` per token in at least float32; else empty)."""
     rows, D = src.shape
-    S = index.shape[0]
+    S = scatter_index.shape[0]
     src = src.contiguous()
     dst = src.new_empty(S, D)
-    grad_gate = torch.zeros(rows, dtype=torch.float32, device=src.device) if h is not None else None
+    acc = torch.promote_types(src.dtype, torch.float32)
+    dot = src.new_zeros(rows if h is not None else 0, dtype=acc)
     if S == 0 or D == 0:
-        return dst, grad_gate
+        return dst.zero_(), dot
     if h is not None:
         h = h.reshape(S, D).contiguous()
     _gather_rows_kernel[lambda meta: (triton.cdiv(S, meta["BLOCK_S"]),)](
-        src, index.contiguous(), gate.reshape(-1).contiguous() if gate is not None else src,
-        h if h is not None else src, dst, grad_gate if grad_gate is not None else src,
-        S, D, rows, HAS_GATE=gate is not None, NEED_DOT=h is not None,
+        src, scatter_index.contiguous(), gate.reshape(-1).contiguous() if gate is not None else src,
+        h if h is not None else src, dst, dot if h is not None else src,
+        S, D, rows, HAS_GATE=gate is not None, NEED_DOT=h is not None, ACC=_acc_dtype(src),
     )
-    return dst, grad_gate
+    return dst, dot
