@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modules import LocalGatedAttention, MultiHeadEMA
 from .._utils import default, exists
+from ..modules import LocalGatedAttention, MultiHeadEMA
 from ..sma import sma
 from ..streaming import ema_final_state
 
