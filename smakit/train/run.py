@@ -9,6 +9,7 @@ import torch
 
 from ..data import majority_baseline
 from ..data.listops import VOCAB
+from .classification_report import format_report, write_report
 from .config import Recipe
 from .loop import Trainer
 from .plots import activation_pattern, learning_curves, routing_pattern
@@ -32,6 +33,9 @@ def run(recipe: Recipe, out_dir, device: str | None = None, progress: bool = Tru
         summary["majority_class"], summary["majority_accuracy"] = cls, acc
     if trainer.ctx.is_main:
         summary["plots"] = write_plots(trainer, out)
+        if trainer.info.task == "classification":  # per-class accuracy, confusion matrix PNG
+            summary["classification"] = write_report(trainer, out)
+            summary["plots"].append(summary["classification"]["plot"])
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -61,6 +65,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"test accuracy: {test['accuracy']:.4f}")
     if "majority_accuracy" in summary:
         lines.append(f"majority-class baseline: {summary['majority_accuracy']:.4f} (always class {summary['majority_class']})")
+    if "classification" in summary:
+        lines.append(format_report(summary["classification"]))
     if test.get("activation"):
         ratios = ", ".join(f"layer {i}: {r:.2f}" for i, r in enumerate(test["activation"]))
         lines.append(f"activation ratio per layer: {ratios}")
