@@ -149,6 +149,14 @@ def test_missing_paths(tmp_path):
         TextClassification("train", path=tmp_path)
 
 
+def test_cli_without_data_path_is_a_one_line_error(tmp_path, capsys):
+    from smakit.cli import main
+
+    assert main(["train", "seqboat-textclf", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data.path is required" in err and "\n" not in err and not (tmp_path / "run").exists()
+
+
 def test_read_records_json_array_and_label_ids(tmp_path):
     f = tmp_path / "a.json"
     f.write_text(json.dumps([{"text": "a", "label": 2}]))
@@ -230,7 +238,7 @@ def test_textclf_recipe_trains_on_the_genre_set_through_the_cli(tmp_path):
                            "--out", str(out), "--no-progress", *small], env=env, capture_output=True, text=True, check=False,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "majority-class baseline" in proc.stdout and "per-class accuracy: comedy" in proc.stdout
+    assert "majority-class baseline" in proc.stdout and "per-class accuracy (examples): comedy" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     report = summary["classification"]
     assert report["classes"] == ["comedy", "history", "tragedy"]

@@ -127,13 +127,13 @@ def format_report(report: dict) -> str:
 
         >>> c = confusion_matrix(torch.tensor([0, 0, 1, 0]), torch.tensor([0, 0, 1, 1]), 2)
         >>> print(format_report(report_from_confusion(c, ["neg", "pos"], 0)))
-        per-class accuracy: neg 1.000 (2), pos 0.500 (2)
+        per-class accuracy (examples): neg 1.000 (2), pos 0.500 (2); majority class neg
     """
     parts = []
     for name in report["classes"]:
         acc = report["per_class_accuracy"][name]
         parts.append(f"{name} {'-' if acc is None else f'{acc:.3f}'} ({report['support'][name]})")
-    return "per-class accuracy: " + ", ".join(parts)
+    return f"per-class accuracy (examples): {', '.join(parts)}; majority class {report['majority_class']}"
 
 
 def class_names(dataset, num_classes: int) -> list[str]:
