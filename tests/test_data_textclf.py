@@ -123,14 +123,20 @@ def test_registry_and_padding(tmp_path):
     ("bad_json", "line 2 is not JSON"),
     ("suffix", r"should end in one of"),
     ("no_test", "no test records"),
+    ("no_val", "no val records.*data.fractions"),
+    ("empty", "holds no records"),
 ])
 def test_bad_files_give_one_line_errors(tmp_path, case, match):
     rows = {"missing_field": [{"text": "a", "label": 1}, {"txt": "b", "label": 0}],
             "empty_text": [{"text": "", "label": 1}],
-            "mixed_labels": [{"text": "a", "label": 1, "split": "train"}, {"text": "b", "label": "x", "split": "test"}],
-            "float_label": [{"text": "a", "label": 0.5, "split": "train"}, {"text": "b", "label": 1, "split": "test"}],
+            "mixed_labels": [{"text": "a", "label": 1, "split": "train"}, {"text": "b", "label": "x", "split": "val"},
+                             {"text": "c", "label": 1, "split": "test"}],
+            "float_label": [{"text": "a", "label": 0.5, "split": "train"}, {"text": "b", "label": 1, "split": "val"},
+                            {"text": "c", "label": 1, "split": "test"}],
             "bad_split": [{"text": "a", "label": 1, "split": "holdout"}],
-            "no_test": [{"text": "a", "label": 1, "split": "train"}]}.get(case, [{"text": "a", "label": 1}])
+            "no_test": [{"text": "a", "label": 1, "split": "train"}],
+            "no_val": [{"text": "a", "label": 1, "split": "train"}, {"text": "b", "label": 1, "split": "test"}],
+            "empty": []}.get(case, [{"text": "a", "label": 1}])
     f = write_jsonl(tmp_path / ("d.txt" if case == "suffix" else "d.jsonl"), rows)
     if case == "bad_json":
         f.write_text('{"text": "a", "label": 1}\n{"text": oops}\n')

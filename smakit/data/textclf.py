@@ -126,6 +126,8 @@ def load_splits(path, text_field="text", label_field="label", split_field="split
         where = {s: str(f) for s, f in files.items()}
     elif path.is_file():
         records = read_records(path)
+        if not records:
+            raise ValueError(f"data.path: {path} holds no records")
         items = _items(records, path, text_field, label_field)
         if split_field in records[0]:
             names = []
@@ -149,9 +151,10 @@ def load_splits(path, text_field="text", label_field="label", split_field="split
         out["val"] = [it for it, n in zip(out["train"], names) if n == "val"]
         out["train"] = [it for it, n in zip(out["train"], names) if n == "train"]
         where["val"] = where["train"]
-    for split in ("train", "test"):
+    for split in ("test", "train", "val"):  # an empty split would score 0 loss silently
         if not out[split]:
-            raise ValueError(f"data.path: no {split} records in {where[split]}")
+            raise ValueError(f"data.path: no {split} records in {where[split]}"
+                             + (" (and none held out of train: data.fractions)" if split == "val" else ""))
     return out
 
 
