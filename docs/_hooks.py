@@ -115,7 +115,7 @@ def _results(name: str, optional: bool, page) -> str:
 
 RECIPES_MARKER = "<!-- recipes-table -->"
 RECIPE_PAGES = {"listops": "seqboat-listops", "text": "seqboat-charlm", "image": "seqboat-image",
-                "audio": "seqboat-audio"}
+                "audio": "seqboat-audio", "textclf": "seqboat-textclf"}
 
 
 def _recipes_table(page) -> str:

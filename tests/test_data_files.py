@@ -299,7 +299,7 @@ def test_fsdd_recordings():
 
 
 def test_builder_and_collate_contracts(tmp_path):
-    assert set(data.DATASETS) == {"listops", "text", "image", "audio"}
+    assert set(data.DATASETS) == {"listops", "text", "image", "audio", "textclf"}
     with pytest.raises(ValueError, match="unknown dataset"):
         build_dataset("cifar", "train")
     with pytest.raises(ValueError, match="split"):

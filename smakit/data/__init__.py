@@ -43,13 +43,16 @@ from .listops import (
     read_lra_tsv,
     tokenize,
 )
+from .lra import LRA_FILES, load_lra_split
 from .text import ByteText, bits_per_byte, read_text_bytes
+from .textclf import TextClassification, label_ids, read_records
 
 DATASETS: dict[str, type[Dataset]] = {
     "listops": ListOps,
     "text": ByteText,
     "image": PixelSequence,
     "audio": SpokenDigits,
+    "textclf": TextClassification,
 }
 
 
@@ -58,10 +61,12 @@ def build_dataset(name: str, split: str = "train", **options) -> Dataset:
 
     Args:
         name (str): one of :data:`DATASETS`: ``"listops"``, ``"text"`` (bytes),
-            ``"image"`` (idx pixel sequences), ``"audio"`` (FSDD-style WAVs).
+            ``"image"`` (idx pixel sequences), ``"audio"`` (FSDD-style WAVs),
+            ``"textclf"`` (labelled texts from JSONL/CSV files, as bytes).
         split (str): ``"train"``, ``"val"`` or ``"test"``. Default: ``"train"``.
         **options: keyword arguments of the dataset's class (:class:`ListOps`,
-            :class:`ByteText`, :class:`PixelSequence`, :class:`SpokenDigits`).
+            :class:`ByteText`, :class:`PixelSequence`, :class:`SpokenDigits`,
+            :class:`TextClassification`).
 
     Returns:
         The dataset; its ``info`` attribute is a :class:`DatasetInfo`.
@@ -82,22 +87,27 @@ def build_dataset(name: str, split: str = "train", **options) -> Dataset:
 
 __all__ = [
     "DATASETS",
+    "LRA_FILES",
     "ByteText",
     "DatasetInfo",
     "ListOps",
     "PixelSequence",
     "SpokenDigits",
+    "TextClassification",
     "bits_per_byte",
     "build_dataset",
     "default_cache_dir",
     "detokenize",
     "evaluate",
     "generate_listops",
+    "label_ids",
+    "load_lra_split",
     "majority_baseline",
     "pad_collate",
     "read_file_bytes",
     "read_idx",
     "read_lra_tsv",
+    "read_records",
     "read_text_bytes",
     "read_wav",
     "tokenize",

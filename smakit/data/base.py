@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index, used for padded LM targets
 
@@ -163,3 +164,26 @@ def check_split(split: str, allowed: Sequence[str] = ("train", "val", "test")) -
     if split not in allowed:
         raise ValueError(f"split must be one of {tuple(allowed)}, got {split!r}")
     return split
+
+
+class PackedSequences(Dataset):
+    """Variable-length items stored flat: item ``i`` is ``_flat[_offsets[i]:_offsets[i + 1]]``
+    (plus ``token_shift``) with target ``targets[i]``. Subclasses set the three tensors."""
+
+    token_shift = 0
+    _flat: Tensor
+    _offsets: Tensor
+    targets: Tensor
+
+    def __len__(self) -> int:
+        return self.targets.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        if i < 0:
+            i += len(self)
+        a, b = int(self._offsets[i]), int(self._offsets[i + 1])
+        return self._flat[a:b].long() + self.token_shift, self.targets[i]
+
+    def lengths(self) -> Tensor:
+        """``[N]`` item lengths, for length-bucketed sampling."""
+        return self._offsets[1:] - self._offsets[:-1]

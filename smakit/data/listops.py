@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from .base import DatasetInfo, check_split, default_cache_dir
+from .base import DatasetInfo, PackedSequences, check_split, default_cache_dir
 
 OPERATORS = ("MIN", "MAX", "MED", "SM")
 MAX_DEPTH = 10
@@ -181,14 +180,41 @@ def detokenize(ids) -> str:
 
 
 def read_lra_tsv(path: str | os.PathLike) -> tuple[list[list[int]], list[int]]:
-    """Read an LRA ``basic_*.tsv`` file (header ``Source<TAB>Target``) into ids and labels."""
+    """Read an LRA ``basic_*.tsv`` file (header ``Source<TAB>Target``) into ids and labels.
+
+    A malformed line raises a ``ValueError`` naming the file and line.
+
+    Examples::
+
+        >>> import pathlib, tempfile
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "basic_test.tsv"
+        >>> _ = f.write_text("Source\\tTarget\\n( ( [MAX 2 9 ) ( [MIN 4 7 ) ] ) 0 ]\\t9\\n")
+        >>> read_lra_tsv(f)
+        ([[12, 3, 10, 11, 5, 8, 15, 1, 15]], [9])
+    """
     tokens, labels = [], []
     with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            source, target = line.rstrip("\n").split("\t")
-            if i == 0 and target == "Target":
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
                 continue
-            tokens.append(tokenize(source))
+            parts = line.split("\t")
+            if n == 1 and parts == ["Source", "Target"]:
+                continue
+            where = f"{path} line {n}"
+            if len(parts) != 2:
+                raise ValueError(f"{where}: expected 'expression<TAB>label', got {len(parts)} fields")
+            source, target = parts
+            if target.strip() not in tuple("0123456789"):
+                raise ValueError(f"{where}: label must be a digit 0-9, got {target!r}")
+            try:
+                ids = tokenize(source)
+            except KeyError as err:
+                raise ValueError(f"{where}: unknown ListOps token {err.args[0]!r}; known: "
+                                 f"{' '.join(VOCAB[1:])} and ( )") from None
+            if not ids:
+                raise ValueError(f"{where}: empty expression")
+            tokens.append(ids)
             labels.append(int(target))
     return tokens, labels
 
@@ -238,7 +264,7 @@ def build_listops_cache(
     return path
 
 
-class ListOps(Dataset):
+class ListOps(PackedSequences):
     """ListOps classification: the value (0-9) of a nested MIN/MAX/MED/SM expression.
 
     Generated on first use by the LRA rules (seeded, pure Python) and cached to
@@ -248,6 +274,10 @@ class ListOps(Dataset):
     The paper preset is the default (96k/2k/2k, lengths 500-2000, about 3 minutes to
     generate once). A CPU preset such as ``num_train=2000, num_val=200, num_test=200,
     min_len=100, max_len=300`` builds in a few seconds.
+
+    With ``path``, the split is read from the LRA release files instead
+    (``basic_train.tsv``, ``basic_val.tsv``, ``basic_test.tsv`` in that folder, see
+    :mod:`smakit.data.lra`) and the generator's arguments are ignored.
 
     Args:
         split (str): ``"train"``, ``"val"`` or ``"test"``. Default: ``"train"``.
@@ -259,6 +289,8 @@ class ListOps(Dataset):
         seed (int): generator seed. Default: 0.
         cache_dir (str or Path, optional): where the generated file lives.
             Default: ``~/.cache/smakit/listops`` (see :func:`default_cache_dir`).
+        path (str or Path, optional): a folder of LRA ``basic_*.tsv`` files to read
+            instead of generating. Default: ``None`` (generate).
 
     Shape:
         - inputs: ``[L]`` int64 token ids (:data:`VOCAB`), ``min_len < L < max_len``
@@ -288,28 +320,22 @@ class ListOps(Dataset):
         max_len: int = 2000,
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,
+        path: str | os.PathLike | None = None,
     ):
         self.split = check_split(split)
-        self.path = build_listops_cache(num_train, num_val, num_test, min_len, max_len, seed, cache_dir)
-        blob = torch.load(self.path, weights_only=True)
-        part = blob[split]
-        self._tokens = part["tokens"]
+        if path is not None:
+            from .lra import load_lra_split
+
+            self.path = Path(path)
+            part = load_lra_split(path, split, cache_dir)
+            max_len = int((part["offsets"][1:] - part["offsets"][:-1]).max()) + 1
+        else:
+            self.path = build_listops_cache(num_train, num_val, num_test, min_len, max_len, seed, cache_dir)
+            part = torch.load(self.path, weights_only=True)[split]
+        self._flat = part["tokens"]
         self._offsets = part["offsets"]
         self.targets = part["labels"]
         self.info = DatasetInfo(
             name="listops", task="classification", num_classes=10, max_len=max_len - 1,
             vocab_size=VOCAB_SIZE, pad_id=PAD_ID, variable_length=True,
         )
-
-    def __len__(self) -> int:
-        return self.targets.shape[0]
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        if i < 0:
-            i += len(self)
-        a, b = int(self._offsets[i]), int(self._offsets[i + 1])
-        return self._tokens[a:b].long(), self.targets[i]
-
-    def lengths(self) -> Tensor:
-        """``[N]`` token counts, for length-bucketed sampling."""
-        return self._offsets[1:] - self._offsets[:-1]

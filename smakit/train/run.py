@@ -8,6 +8,7 @@ import torch
 
 from ..data import majority_baseline
 from ..data.listops import VOCAB
+from .classification_report import format_report, write_report
 from .config import Recipe
 from .loop import Trainer
 from .rundir import atomic_write, dumps
@@ -36,6 +37,9 @@ def _train_and_report(trainer: Trainer, out: Path) -> dict:
         summary["majority_class"], summary["majority_accuracy"] = cls, acc
     if trainer.ctx.is_main:
         summary["plots"] = write_plots(trainer, out)
+        if trainer.info.task == "classification":  # per-class accuracy, confusion matrix PNG
+            summary["classification"] = write_report(trainer, out)
+            summary["plots"].append(summary["classification"]["plot"])
         with atomic_write(out / "summary.json") as f:
             f.write(dumps(summary, indent=2))
     return summary
@@ -98,6 +102,8 @@ def format_summary(summary: dict) -> str:
     lines.append(metric_lines[0])
     if "majority_accuracy" in summary:
         lines.append(f"majority-class baseline: {summary['majority_accuracy']:.4f} (always class {summary['majority_class']})")
+    if "classification" in summary:
+        lines.append(format_report(summary["classification"]))
     lines += metric_lines[1:]
     best = summary.get("best")
     if best:
