@@ -262,7 +262,8 @@ class SparseModularActivation(nn.Module):
 
         Examples::
 
-            >>> layer = sma(LocalGatedAttention(16, window=4, qk_dim=8), dim=16, compaction_capacity=3).eval()
+            >>> gau = LocalGatedAttention(16, window=4, qk_dim=8)
+            >>> layer = sma(gau, dim=16, compaction_capacity=3).eval()
             >>> x = torch.randn(2, 9, 16)
             >>> state = layer.init_state(2)
             >>> ys = []

@@ -57,7 +57,8 @@ def generate(
 
     Examples::
 
-        >>> model = SeqBoat(vocab_size=50, dim=32, depth=1, lm=True, window=4, qk_dim=16).eval()
+        >>> model = SeqBoat(vocab_size=50, dim=32, depth=1, lm=True, window=4,
+        ...                 qk_dim=16).eval()
         >>> generate(model, torch.zeros(2, 3, dtype=torch.long), 5).shape
         torch.Size([2, 8])
     """

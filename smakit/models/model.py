@@ -193,7 +193,8 @@ class SeqBoat(nn.Module):
 
         Examples::
 
-            >>> lm = SeqBoat(vocab_size=50, dim=32, depth=2, lm=True, window=4, qk_dim=16).eval()
+            >>> lm = SeqBoat(vocab_size=50, dim=32, depth=2, lm=True, window=4,
+            ...              qk_dim=16).eval()
             >>> logits, state = lm.prefill(torch.randint(0, 50, (2, 9)))
             >>> nxt, state = lm.step(logits[:, -1].argmax(-1), state)
             >>> nxt.shape

@@ -42,7 +42,8 @@ def confusion_matrix(preds: Tensor, targets: Tensor, num_classes: int) -> Tensor
 
     Examples::
 
-        >>> confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3).tolist()
+        >>> pred, target = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2])
+        >>> confusion_matrix(pred, target, 3).tolist()
         [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
     """
     if preds.shape != targets.shape:
