@@ -127,14 +127,14 @@ class SparseModularActivation(nn.Module):
         density_target (float or list[float], optional): wanted fraction of real tokens per
             module (one value, or one per module). Default: ``None`` (free routing).
         density_mode (str): how the target is held. ``"controller"``: a bias on each module's
-            score, moved every training forward by ``density_rate * (target - realised)``
-            (threshold router; see :class:`~smakit.routing.BudgetController`).
+            score, moved every training forward toward the value that gives the target on the
+            batch's realised (argmax) decision (threshold router; see :class:`~smakit.routing.BudgetController`).
             ``"straight_through"``: ``density_weight * routing.density_loss(target,
             straight_through=True)`` in ``aux_loss``. ``"loss"``: the same on the expected
             ratio (mean probability), which the argmax decision does not follow (kept for
             comparison). Default: ``"controller"``.
         density_weight (float): weight of the density loss (loss modes). Default: 1.0.
-        density_rate (float): controller step (controller mode). Default: 1.0.
+        density_rate (float): controller step in (0, 1] (controller mode). Default: 0.5.
         z_loss (float): weight of the router z-loss (:meth:`Routing.z_loss`) in ``aux_loss``.
             Default: 0.0 (off).
         backend (str): compaction backend, ``"auto"``, ``"torch"`` or ``"triton"``.
@@ -175,7 +175,7 @@ class SparseModularActivation(nn.Module):
         density_target: float | list[float] | None = None,
         density_mode: str = "controller",
         density_weight: float = 1.0,
-        density_rate: float = 1.0,
+        density_rate: float = 0.5,
         z_loss: float = 0.0,
         backend: str = "auto",
         **router_kwargs,

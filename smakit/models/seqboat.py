@@ -51,7 +51,7 @@ class SeqBoatLayer(nn.Module):
             held by ``density_mode`` (see :func:`smakit.sma`). Default: ``None`` (free).
         density_mode (str): ``"controller"``, ``"straight_through"`` or ``"loss"``.
             Default: ``"controller"``.
-        density_rate (float): controller step. Default: 1.0.
+        density_rate (float): controller step in (0, 1]. Default: 0.5.
         z_loss (float): router z-loss weight (read with :func:`smakit.aux_losses`).
             Default: 0.0.
         compaction_capacity (int or float, optional): fixed number (int) or fraction of ``L``
@@ -103,7 +103,7 @@ class SeqBoatLayer(nn.Module):
         straight_through: bool = False,
         density_target: float | None = None,
         density_mode: str = "controller",
-        density_rate: float = 1.0,
+        density_rate: float = 0.5,
         z_loss: float = 0.0,
         compaction_capacity: int | float | None = None,
         eval_capacity: int | float | None = None,

@@ -22,9 +22,9 @@ class ThresholdRouter(nn.Module):
     float32 under autocast.
 
     With ``density_target``, a :class:`BudgetController` adds a non-gradient bias to each
-    module's score and, in training mode, moves it after every forward by
-    ``density_rate * (target - realised)``, where *realised* is the fraction of real tokens
-    the argmax sent to the module (summed over DDP ranks). The bias applies in every mode
+    module's score and, in training mode, moves it after every forward toward the bias that
+    makes the realised ratio (the fraction of real tokens the argmax sends to the module,
+    summed over DDP ranks) equal the target on that batch. The bias applies in every mode
     (training, eval, decoding); only its update is training-only. It lives in buffers, so
     checkpoints carry it. See the Budget page of the docs for the measurements behind it.
 
@@ -46,8 +46,8 @@ class ThresholdRouter(nn.Module):
         density_target (float or list[float], optional): wanted fraction of real tokens per
             module (one value for all, or ``M`` values), held by the controller.
             Default: ``None`` (free routing).
-        density_rate (float): controller step, in units of the router's scaled logits per
-            unit of ratio error. Default: 1.0.
+        density_rate (float): controller step, the fraction of the way to the batch's exact
+            bias, in ``(0, 1]``. Default: 0.5.
 
     Shape:
         - x: ``[B, L, dim]``, mask: ``[B, L]`` bool (True = real token)
@@ -70,7 +70,7 @@ class ThresholdRouter(nn.Module):
         gumbel: bool = False,
         bias: bool = True,
         density_target: float | list[float] | None = None,
-        density_rate: float = 1.0,
+        density_rate: float = 0.5,
     ):
         super().__init__()
         if num_modules < 1:
@@ -126,7 +126,7 @@ class ThresholdRouter(nn.Module):
                 p = 1.0 + p - p.detach()
             gate = torch.where(active, p, 0.0)
         if self.budget is not None and self.training:
-            self.budget.update(active, mask)
+            self.budget.update(scores, mask)
         return Routing(active, gate, logits, probs, None, mask)
 
     def extra_repr(self) -> str:
