@@ -322,7 +322,11 @@ def sma(module: nn.Module | dict[str, nn.Module], dim: int, **options) -> Sparse
     return SparseModularActivation(module, dim, **options)
 
 
-def aux_losses(model: nn.Module) -> Tensor | None:
-    """Sum of the ``aux_loss`` of every :class:`SparseModularActivation` in ``model`` (last forward)."""
+def aux_losses(model: nn.Module) -> Tensor:
+    """Sum of the ``aux_loss`` of every :class:`SparseModularActivation` in ``model`` (last forward).
+
+    A scalar tensor, 0 when no layer has one (free routing, or a budget held by the
+    controller), so ``task_loss + aux_losses(model)`` is always valid.
+    """
     losses = [m.aux_loss for m in model.modules() if isinstance(m, SparseModularActivation) and m.aux_loss is not None]
-    return torch.stack(losses).sum() if losses else None
+    return torch.stack(losses).sum() if losses else torch.zeros(())

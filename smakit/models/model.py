@@ -152,8 +152,8 @@ class SeqBoat(nn.Module):
         stats = [layer.stats() for layer in self.layers if hasattr(layer, "stats")]
         return {key: [float(s[key]) for s in stats] for key in ("ratio", "span")}
 
-    def aux_loss(self) -> Tensor | None:
-        """Sum of the routers' density losses of the last forward (``None`` if not requested)."""
+    def aux_loss(self) -> Tensor:
+        """Sum of the routers' auxiliary losses of the last forward (0 if none was requested)."""
         return aux_losses(self)
 
     # decoding
