@@ -23,7 +23,7 @@ def check_density_target(target, num_modules: int, name: str = "density_target")
 def _offsets(size: int = 129, reach: float = 10.0, finest: float = 1e-2) -> Tensor:
     """Candidate bias moves, symmetric, geometric: fine near 0, reaching ``+-reach``."""
     u = torch.linspace(-1, 1, size, dtype=torch.float64)
-    return u.sign() * finest * (torch.exp(u.abs() * torch.log(torch.tensor(1 + reach / finest))) - 1)
+    return (u.sign() * finest * (torch.exp(u.abs() * torch.log(torch.tensor(1 + reach / finest))) - 1)).float()
 
 
 def _sum_over_ranks(t: Tensor) -> Tensor:
@@ -76,7 +76,7 @@ class BudgetController(nn.Module):
         """One step from the scores that made the decision (``[B, L, 1 + M]``, option 0 =
         skip, bias included) and ``mask [B, L]`` (True = real token)."""
         M = scores.shape[-1] - 1
-        s = scores.detach().double().reshape(-1, M + 1)  # [N, 1 + M]
+        s = scores.detach().float().reshape(-1, M + 1)  # [N, 1 + M]
         real = torch.ones(s.shape[0], dtype=torch.bool, device=s.device) if mask is None else mask.reshape(-1)
         real = real & s.isfinite().all(-1)  # tokens the router never routes
         others = s.unsqueeze(1).expand(-1, M, -1).clone()  # [N, M, 1 + M]
@@ -86,17 +86,16 @@ class BudgetController(nn.Module):
         moves = _offsets().to(s.device)  # [K]
         # tokens with margin > -move, for each move, by counting in the sorted margins
         below = torch.searchsorted(margin.sort(-1).values, (-moves).expand(M, -1).contiguous(), right=True)
-        counts = torch.cat([(margin.shape[1] - below).double(), real.sum().double().expand(M, 1)], -1)
+        counts = torch.cat([margin.shape[1] - below, real.sum().expand(M, 1)], -1)  # int64: exact sums
         counts = _sum_over_ranks(counts)  # [M, K + 1]
-        n = counts[:, -1:]
-        ratio = counts[:, :-1] / n.clamp(min=1)  # [M, K], nondecreasing in the move
-        t = self.target.double().unsqueeze(-1)
+        n = counts[:, -1:].float()
+        ratio = counts[:, :-1].float() / n.clamp(min=1)  # [M, K], nondecreasing in the move
+        t = self.target.float().unsqueeze(-1)
         k = torch.searchsorted(ratio, t).clamp(1, moves.numel() - 1)  # first move reaching the target
         r_lo, r_hi = ratio.gather(-1, k - 1), ratio.gather(-1, k)
         frac = ((t - r_lo) / (r_hi - r_lo)).nan_to_num(1.0).clamp(0, 1)
         best = moves[k - 1] + frac * (moves[k] - moves[k - 1])  # [M, 1]
-        step = torch.where(n > 0, self.rate * best, 0.0).squeeze(-1)
-        self.bias.add_(step.to(self.bias.dtype))
+        self.bias.add_(torch.where(n > 0, self.rate * best, 0.0).squeeze(-1).to(self.bias.dtype))
 
     def extra_repr(self) -> str:
         return f"target={[round(t, 4) for t in self.target.tolist()]}, rate={self.rate}"
