@@ -119,7 +119,7 @@ def main():
     args = parser.parse_args()
     root = Path(args.out_root)
     root.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()
+    load_before, env = os.getloadavg(), machine()  # the commit the runs use
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {n: pool.submit(run_one, n, args.steps, root, args.fresh) for n in args.names}
         results = {n: f.result() for n, f in futures.items()}
@@ -128,7 +128,6 @@ def main():
     for name, s in results.items():
         free_name = "charlm-free" if RUNS[name][0] == "seqboat-charlm" else "listops-free"
         rows.append(row(name, s, results.get(free_name, s)))
-    env = machine()
     header = ["run", "mechanism", "target", "test activation per layer", f"in target +- {BAND}", "test",
               "vs free", "minutes"]
     table = (f"# The compute budget: does density_target hold?\n\n{args.steps} steps, CPU presets, device "

@@ -122,6 +122,14 @@ def test_decode_honours_the_bias():
     torch.testing.assert_close(torch.stack(steps, 1), y, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_controller_state_stays_float32_in_a_half_model(dtype):
+    layer = sma(MLP(D, 16), dim=D, density_target=0.3).to(dtype)
+    assert layer.router.budget.bias.dtype == torch.float32 and layer.router.budget.target.dtype == torch.float32
+    layer(torch.randn(4, 32, D, dtype=dtype))
+    assert layer.router.budget.bias.dtype == torch.float32 and layer.router.budget.bias.item() != 0
+
+
 def test_free_mode_is_unchanged():
     torch.manual_seed(0)
     layer = sma(MLP(D, 16), dim=D)

@@ -71,6 +71,13 @@ class BudgetController(nn.Module):
     def reset(self) -> None:
         self.bias.zero_()
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name in ("target", "bias"):  # the controller's state stays float32 under .half()/.to(dtype)
+            if getattr(self, name).dtype != torch.float32:
+                setattr(self, name, getattr(self, name).float())
+        return self
+
     @torch.no_grad()
     def update(self, scores: Tensor, mask: Tensor | None) -> None:
         """One step from the scores that made the decision (``[B, L, 1 + M]``, option 0 =
