@@ -20,8 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from .ops import Compacted, compress, extract
-from .routing import Routing, ThresholdRouter, TopKRouter
+from .routing import Routing, ThresholdRouter, TopKRouter, capacity_slots
+from .routing.budget import check_density_target
 from .streaming import _check_output, sma_init_state, sma_prefill, sma_step
+
+DENSITY_MODES = ("controller", "straight_through", "loss")
 
 PROTOCOL_KWARGS = ("mask", "positions")
 
@@ -46,6 +49,9 @@ class RoutingStats:
         active (Tensor): ``[M, B, L]`` bool, True where the module ran on the token (routed
             and, with ``compaction_capacity``, not dropped for lack of a slot).
         gate (Tensor): ``[M, B, L]`` gate values (detached).
+        target (Tensor or None): ``[M]`` density target, ``None`` in free mode.
+        bias (Tensor or None): ``[M]`` the budget controller's bias on each module's score
+            (``density_mode="controller"``), else ``None``.
     """
 
     names: list[str]
@@ -53,21 +59,34 @@ class RoutingStats:
     counts: Tensor
     active: Tensor
     gate: Tensor
+    target: Tensor | None = None
+    bias: Tensor | None = None
 
     def as_dict(self) -> dict[str, float]:
         """``{name: ratio}`` as Python floats (this one syncs)."""
         return dict(zip(self.names, self.ratio.tolist()))
 
 
-def _make_router(router, dim: int, num_modules: int, capacity: float | None, router_kwargs: dict) -> nn.Module:
+def _check_capacity(c, name: str) -> None:
+    ok = c is None or (isinstance(c, int) and not isinstance(c, bool) and c >= 1) or (isinstance(c, float) and 0 < c <= 1)
+    if not ok:
+        raise ValueError(f"{name} must be a positive int (slots per row) or a float in (0, 1] (fraction of L), got {c!r}")
+
+
+def _make_router(router, dim: int, num_modules: int, capacity: float | None, router_kwargs: dict,
+                 budget: dict) -> nn.Module:
     if isinstance(router, nn.Module):
-        if router_kwargs or capacity is not None:
-            raise ValueError("router options are given to the router instance, not to sma()")
+        if router_kwargs or capacity is not None or budget:
+            raise ValueError("router options (density_target with density_mode='controller' included) "
+                             "are given to the router instance, not to sma()")
         return router
     if router == "threshold":
         if capacity is not None:
             raise ValueError("capacity applies to router='topk'; for 'threshold' use compaction_capacity")
-        return ThresholdRouter(dim, num_modules, **router_kwargs)
+        return ThresholdRouter(dim, num_modules, **router_kwargs, **budget)
+    if budget:
+        raise ValueError("density_mode='controller' needs router='threshold' (top-k has a fixed capacity); "
+                         "use density_mode='loss' for a density loss on the top-k scores")
     if router == "topk":
         return TopKRouter(dim, num_modules, capacity=0.25 if capacity is None else capacity, **router_kwargs)
     raise ValueError(f"router must be 'threshold', 'topk' or an nn.Module router, got {router!r}")
@@ -99,11 +118,26 @@ class SparseModularActivation(nn.Module):
         route_dim (int, optional): feature size of ``route_on`` when it differs from ``dim``.
         layout (str): ``"padded"`` (``[B, K, D]`` with mask and positions, for sequence
             modules) or ``"flat"`` (``[N, D]``, for pointwise modules). Default: ``"padded"``.
-        compaction_capacity (int, optional): fixed slots per row for the threshold router
-            (tokens beyond it are dropped), so no host sync is needed. Default: ``None``.
-        density_target (float, optional): when set, each forward stores
-            ``density_weight * routing.density_loss(density_target)`` in ``aux_loss``.
-        density_weight (float): weight of that loss. Default: 1.0.
+        compaction_capacity (int or float, optional): fixed slots per row for the threshold
+            router (routed tokens past the row's last slot are dropped), so no host sync is
+            needed: an int is a slot count, a float in ``(0, 1)`` a fraction of ``L``
+            (``ceil(c * L)`` slots). Default: ``None``.
+        eval_capacity (int or float, optional): the same, used instead of
+            ``compaction_capacity`` outside training mode: a fixed compute budget at
+            inference. Default: ``None``.
+        density_target (float or list[float], optional): wanted fraction of real tokens per
+            module (one value, or one per module). Default: ``None`` (free routing).
+        density_mode (str): how the target is held. ``"controller"``: a bias on each module's
+            score, moved every training forward toward the value that gives the target on the
+            batch's realised (argmax) decision (threshold router; see :class:`~smakit.routing.BudgetController`).
+            ``"straight_through"``: ``density_weight * routing.density_loss(target,
+            straight_through=True)`` in ``aux_loss``. ``"loss"``: the same on the expected
+            ratio (mean probability), which the argmax decision does not follow (kept for
+            comparison). Default: ``"controller"``.
+        density_weight (float): weight of the density loss (loss modes). Default: 1.0.
+        density_rate (float): controller step in (0, 1] (controller mode). Default: 0.5.
+        z_loss (float): weight of the router z-loss (:meth:`Routing.z_loss`) in ``aux_loss``.
+            Default: 0.0 (off).
         backend (str): compaction backend, ``"auto"``, ``"torch"`` or ``"triton"``.
             Default: ``"auto"``.
         **router_kwargs: options of the router (e.g. ``straight_through=True``).
@@ -112,7 +146,7 @@ class SparseModularActivation(nn.Module):
         router (nn.Module): the router.
         experts (nn.ModuleDict): the routed modules by name (``"0"`` for a single module).
         stats (RoutingStats or None): statistics of the last forward.
-        aux_loss (Tensor or None): the density loss of the last forward, if requested.
+        aux_loss (Tensor or None): the density loss and z-loss of the last forward, if requested.
 
     Shape:
         - x: ``[B, L, D]``; mask: ``[B, L]`` bool (True = real token); route_on: ``[B, L, D_r]``
@@ -137,9 +171,13 @@ class SparseModularActivation(nn.Module):
         capacity: float | None = None,
         route_dim: int | None = None,
         layout: str = "padded",
-        compaction_capacity: int | None = None,
-        density_target: float | None = None,
+        compaction_capacity: int | float | None = None,
+        eval_capacity: int | float | None = None,
+        density_target: float | list[float] | None = None,
+        density_mode: str = "controller",
         density_weight: float = 1.0,
+        density_rate: float = 0.5,
+        z_loss: float = 0.0,
         backend: str = "auto",
         **router_kwargs,
     ):
@@ -150,15 +188,24 @@ class SparseModularActivation(nn.Module):
             raise TypeError("modules must be an nn.Module or a non-empty dict of nn.Modules")
         if layout not in ("padded", "flat"):
             raise ValueError(f"layout must be 'padded' or 'flat', got {layout!r}")
-        if compaction_capacity is not None and (isinstance(compaction_capacity, bool)
-                                                or not isinstance(compaction_capacity, int) or compaction_capacity < 1):
-            raise ValueError(f"compaction_capacity must be a positive int (slots per row), got {compaction_capacity!r}")
+        _check_capacity(compaction_capacity, "compaction_capacity")
+        _check_capacity(eval_capacity, "eval_capacity")
+        if density_mode not in DENSITY_MODES:
+            raise ValueError(f"density_mode must be one of {DENSITY_MODES}, got {density_mode!r}")
+        if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float)) or z_loss < 0:
+            raise ValueError(f"z_loss must be a float >= 0 (its weight), got {z_loss!r}")
+        if density_target is not None:
+            check_density_target(density_target, len(modules))
         self.dim, self.layout, self.backend = dim, layout, backend
         self.route_dim = dim if route_dim is None else route_dim
-        self.compaction_capacity = compaction_capacity
-        self.density_target, self.density_weight = density_target, density_weight
+        self.compaction_capacity, self.eval_capacity = compaction_capacity, eval_capacity
+        self.density_target, self.density_mode, self.density_weight = density_target, density_mode, density_weight
+        self.z_loss = float(z_loss)
+        budget = {}
+        if density_target is not None and density_mode == "controller":
+            budget = {"density_target": density_target, "density_rate": density_rate}
         self.experts = nn.ModuleDict(modules)
-        self.router = _make_router(router, self.route_dim, len(modules), capacity, router_kwargs)
+        self.router = _make_router(router, self.route_dim, len(modules), capacity, router_kwargs, budget)
         self._declared = {name: _declared(m) for name, m in self.experts.items()}
         self.stats: RoutingStats | None = None
         self.aux_loss: Tensor | None = None
@@ -210,7 +257,7 @@ class SparseModularActivation(nn.Module):
         """
         self._check_inputs(x, mask, route_on, extra)
         routing = self.router(x if route_on is None else route_on, mask)
-        capacity = routing.capacity if routing.capacity is not None else self.compaction_capacity
+        capacity = routing.capacity if routing.capacity is not None else self._slots(x.shape[1])
         out, kept = None, []
         drops = routing.capacity is None and capacity is not None  # a fixed K may drop routed tokens
         for m, (name, module) in enumerate(self.experts.items()):
@@ -223,6 +270,12 @@ class SparseModularActivation(nn.Module):
                 kept.append(packed.kept())
         self._record(routing, torch.stack(kept) if drops else routing.active)
         return (out, routing) if return_routing else out
+
+    def _slots(self, seq_len: int) -> int | None:
+        """Slots per row of the threshold router: ``eval_capacity`` outside training, else
+        ``compaction_capacity``; a float is a fraction of ``seq_len``."""
+        c = self.compaction_capacity if self.training or self.eval_capacity is None else self.eval_capacity
+        return capacity_slots(c, seq_len) if isinstance(c, float) else c
 
     def _module_kwargs(self, name: str, packed: Compacted, extra: dict) -> dict:
         kwargs = {k: packed.compact(t, backend=self.backend) for k, t in extra.items()}
@@ -239,10 +292,19 @@ class SparseModularActivation(nn.Module):
         n_real = real.shape[-1] * real.shape[-2] if routing.mask is None else routing.mask.sum()
         counts = real.sum(-1)
         ratio = counts.sum(-1).float() / torch.as_tensor(n_real, device=ran.device).clamp(min=1)
-        self.stats = RoutingStats(list(self.experts.keys()), ratio, counts, ran, routing.gate.detach())
-        self.aux_loss = None
-        if self.density_target is not None:
-            self.aux_loss = self.density_weight * routing.density_loss(self.density_target)
+        budget = getattr(self.router, "budget", None)
+        target = getattr(budget, "target", None)
+        if target is None and self.density_target is not None:
+            target = torch.tensor(check_density_target(self.density_target, len(self.experts)), device=ran.device)
+        bias = None if budget is None else budget.bias.detach().clone()
+        self.stats = RoutingStats(list(self.experts.keys()), ratio, counts, ran, routing.gate.detach(), target, bias)
+        losses = []
+        if self.density_target is not None and self.density_mode != "controller":
+            st = self.density_mode == "straight_through"
+            losses.append(self.density_weight * routing.density_loss(target, straight_through=st))
+        if self.z_loss:
+            losses.append(self.z_loss * routing.z_loss())
+        self.aux_loss = sum(losses[1:], losses[0]) if losses else None
 
     # decoding (the protocol a wrapped module follows is in smakit.streaming)
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
@@ -301,9 +363,13 @@ def sma(module: nn.Module | dict[str, nn.Module], dim: int, **options) -> Sparse
     return SparseModularActivation(module, dim, **options)
 
 
-def aux_losses(model: nn.Module) -> Tensor | None:
-    """Sum of the ``aux_loss`` of every :class:`SparseModularActivation` in ``model`` (last forward),
-    and of every :class:`TopKRouter` training a causal predictor."""
+def aux_losses(model: nn.Module) -> Tensor:
+    """Sum of the ``aux_loss`` of every :class:`SparseModularActivation` in ``model`` (last
+    forward), and of every :class:`TopKRouter` training a causal predictor.
+
+    A scalar tensor, 0 when no layer has one (free routing, or a budget held by the
+    controller), so ``task_loss + aux_losses(model)`` is always valid.
+    """
     kinds = (SparseModularActivation, TopKRouter)  # a top-k router's causal predictor has its own loss
     losses = [m.aux_loss for m in model.modules() if isinstance(m, kinds) and m.aux_loss is not None]
-    return torch.stack(losses).sum() if losses else None
+    return torch.stack(losses).sum() if losses else torch.zeros(())

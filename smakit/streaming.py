@@ -91,8 +91,9 @@ def sma_step(layer, x: Tensor, state: dict, route_on: Tensor | None = None, **ex
     _check_causal(layer)
     routing = layer.router((x if route_on is None else route_on).unsqueeze(1))
     active, gate = routing.active[:, :, 0], routing.gate[:, :, 0]  # [M, B]
-    if routing.capacity is None and layer.compaction_capacity is not None:
-        active = active & (state["used"] < layer.compaction_capacity)  # the forward drops these too
+    slots = _step_slots(layer)
+    if routing.capacity is None and slots is not None:
+        active = active & (state["used"] < slots)  # the forward drops these too
     pos, out, caches = state["pos"], None, {}
     for m, (name, module) in enumerate(layer.experts.items()):
         if _streams(module):
@@ -104,6 +105,15 @@ def sma_step(layer, x: Tensor, state: dict, route_on: Tensor | None = None, **ex
         y = torch.where(active[m].unsqueeze(-1), y * gate[m].to(y.dtype).unsqueeze(-1), 0.0)
         out = y if out is None else out + y
     return out, {"pos": pos + 1, "used": state["used"] + active.long(), "cache": caches}
+
+
+def _step_slots(layer) -> int | None:
+    """The slot budget per row the forward would apply (``eval_capacity`` outside training)."""
+    c = layer.compaction_capacity if layer.training or layer.eval_capacity is None else layer.eval_capacity
+    if isinstance(c, float):
+        raise ValueError(f"a slot budget given as a fraction ({c}) depends on the whole length, so step() "
+                         "cannot honour it token by token; give compaction_capacity/eval_capacity as a slot count")
+    return c
 
 
 def _pointwise(layer, name: str, module: nn.Module, x: Tensor, active: Tensor, pos: Tensor, extra: dict) -> Tensor:

@@ -68,7 +68,7 @@ class _Zero(nn.Module):
 
 
 def test_gpt2_training_step(gpt2):
-    sma_wrap(gpt2, "transformer.h.*.mlp", density_target=0.5)
+    sma_wrap(gpt2, "transformer.h.*.mlp", density_target=0.5, density_mode="loss")
     gpt2.train()
     opt = torch.optim.AdamW(gpt2.parameters(), lr=1e-3)
     ids = torch.randint(0, 61, (2, 16))
@@ -167,7 +167,7 @@ def test_encoder_layer_runs_attention_among_routed_tokens_only(how):
 
 def test_encoder_training_step_and_causality():
     enc = encoder()
-    sma_wrap(enc, "layers.*", density_target=0.5)
+    sma_wrap(enc, "layers.*", density_target=0.5, density_mode="loss")
     enc.train()
     x, pad, causal = inputs()
     x.requires_grad_(True)

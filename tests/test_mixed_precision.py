@@ -85,7 +85,7 @@ def test_half_precision_model_trains_without_nan(dtype, device):
     and gradients (including the router's, through the fp32 gate) are finite."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64)).to(device, dtype)
-    layer = sma(MLP(64, 128), dim=64, density_target=0.5).to(device, dtype)
+    layer = sma(MLP(64, 128), dim=64, density_target=0.5, density_mode="loss").to(device, dtype)
     x = torch.randn(2, 24, 64, device=device, dtype=dtype) * 100
     h = model(x)
     y, routing = layer(h, return_routing=True)

@@ -101,7 +101,7 @@ def test_bidirectional_with_padding_mask(mode, attention):
 def test_gradients_flow_to_router(straight_through):
     torch.manual_seed(3)
     layer = SeqBoatLayer(12, causal=True, window=3, qk_dim=4, ema_ndim=2, straight_through=straight_through,
-                         density_target=0.3)
+                         density_target=0.3, density_mode="straight_through")
     x = torch.randn(2, 21, 12)
     loss = layer(x).square().mean() + aux_losses(layer)
     loss.backward()
@@ -160,7 +160,8 @@ def test_classifier_padding_aware(variant, pooling):
 
 
 def test_model_routing_stats_and_density_loss():
-    model = SeqBoat(vocab_size=20, dim=16, depth=3, n_classes=2, window=4, qk_dim=8, density_target=0.2)
+    model = SeqBoat(vocab_size=20, dim=16, depth=3, n_classes=2, window=4, qk_dim=8, density_target=0.2,
+                    density_mode="loss")
     tokens = torch.randint(0, 20, (2, 30))
     model(tokens).sum().backward()
     stats = model.routing_stats()

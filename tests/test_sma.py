@@ -146,7 +146,7 @@ def test_topk_sma_runs_on_exactly_its_capacity_and_is_identity_skip():
 
 
 def test_density_target_puts_aux_loss_on_the_module_not_a_global():
-    model = nn.Sequential(sma(mlp(4), dim=4, density_target=0.2), sma(mlp(4), dim=4))
+    model = nn.Sequential(sma(mlp(4), dim=4, density_target=0.2, density_mode="loss"), sma(mlp(4), dim=4))
     h = torch.randn(2, 9, 4)
     for layer in model:
         h = h + layer(h)

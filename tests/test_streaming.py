@@ -68,6 +68,18 @@ def test_sma_step_equals_forward_sequence_module(router, capacity):
     torch.testing.assert_close(steps, y, rtol=1e-5, atol=1e-6)
 
 
+def test_sma_step_honours_eval_capacity_and_refuses_a_fraction():
+    layer = routed_layer("threshold", None, eval_capacity=2)
+    x = torch.randn(3, 23, D)
+    with torch.no_grad():
+        y = layer(x)
+        assert (layer.stats.active[0].sum(-1) == 2).all()  # the inference budget bites
+        torch.testing.assert_close(stream(layer, x)[0], y, rtol=1e-5, atol=1e-6)
+    layer.eval_capacity = 0.25  # a fraction of a length step() cannot know
+    with pytest.raises(ValueError, match="slot count"):
+        stream(layer, x)
+
+
 @pytest.mark.parametrize("layout", ["flat", "padded"])
 def test_sma_step_pointwise_module_needs_nothing(layout):
     layer = routed_layer("threshold", 4, module=MLP(D, 32), layout=layout)

@@ -47,7 +47,8 @@ class SeqBoat(nn.Module):
         dropout (float): dropout. Default: 0.0.
         tie_embeddings (bool): share the LM head with the token embedding. Default: ``False``.
         **layer_kwargs: further :class:`SeqBoatLayer` options (``prenorm``, ``truncation``,
-            ``max_distance``, ``straight_through``, ``density_target``, ...).
+            ``max_distance``, ``straight_through``, ``density_target``, ...). A list
+            ``density_target`` gives one target per routed layer.
 
     Shape:
         - inputs: ``[B, L]`` int64 or ``[B, L, C]`` float; mask: ``[B, L]`` bool
@@ -105,7 +106,12 @@ class SeqBoat(nn.Module):
         self.vocab_size, self.input_dim, self.dim, self.depth = vocab_size, input_dim, dim, depth
         self.embed = nn.Linear(input_dim, dim) if exists(input_dim) else nn.Embedding(vocab_size, dim)
         self.layers = nn.ModuleList()
-        for _ in range(depth):
+        targets = layer_kwargs.pop("density_target", None)
+        if not isinstance(targets, (list, tuple)):
+            targets = [targets] * depth
+        elif len(targets) != depth:
+            raise ValueError(f"density_target must be a float or a list of {depth} (one per layer), got {targets!r}")
+        for i in range(depth):
             if variant == "transformer":
                 self.layers.append(TransformerLayer(dim, heads, self.causal, ffn_hidden, dropout))
                 continue
@@ -114,7 +120,7 @@ class SeqBoat(nn.Module):
             w = default(chunk, window) if chunked else window
             self.layers.append(SeqBoatLayer(dim, causal=self.causal, window=w, qk_dim=qk_dim, value_dim=value_dim,
                                             attention=attention, mode=mode, chunked=chunked, ema_ndim=ema_ndim,
-                                            dropout=dropout, **layer_kwargs))
+                                            dropout=dropout, density_target=targets[i], **layer_kwargs))
             if exists(ffn_hidden):
                 self.layers.append(FeedForwardBlock(dim, ffn_hidden, dropout=dropout))
         self.final_norm = nn.LayerNorm(dim)
@@ -152,8 +158,8 @@ class SeqBoat(nn.Module):
         stats = [layer.stats() for layer in self.layers if hasattr(layer, "stats")]
         return {key: [float(s[key]) for s in stats] for key in ("ratio", "span")}
 
-    def aux_loss(self) -> Tensor | None:
-        """Sum of the routers' density losses of the last forward (``None`` if not requested)."""
+    def aux_loss(self) -> Tensor:
+        """Sum of the routers' auxiliary losses of the last forward (0 if none was requested)."""
         return aux_losses(self)
 
     # decoding

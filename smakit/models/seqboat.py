@@ -48,11 +48,19 @@ class SeqBoatLayer(nn.Module):
         max_distance (int): distance the relative bias resolves. Default: 1024.
         temperature_scale (float): router temperature init, ``scale * sqrt(D)``. Default: 1.0.
         straight_through (bool): straight-through gate in the router. Default: ``False``.
-        density_target (float, optional): activation-ratio target for a density loss (read
-            with :func:`smakit.aux_losses`). Default: ``None``.
-        compaction_capacity (int, optional): fixed number of attention slots per row (routed
-            tokens past it skip attention), so routing needs no host sync (CUDA graphs,
-            ``fullgraph`` compile). Default: ``None`` (the longest row).
+        density_target (float, optional): fraction of real tokens the attention may run on,
+            held by ``density_mode`` (see :func:`smakit.sma`). Default: ``None`` (free).
+        density_mode (str): ``"controller"``, ``"straight_through"`` or ``"loss"``.
+            Default: ``"controller"``.
+        density_rate (float): controller step in (0, 1]. Default: 0.5.
+        z_loss (float): router z-loss weight (read with :func:`smakit.aux_losses`).
+            Default: 0.0.
+        compaction_capacity (int or float, optional): fixed number (int) or fraction of ``L``
+            (float) of attention slots per row (routed tokens past it skip attention), so
+            routing needs no host sync (CUDA graphs, ``fullgraph`` compile). Default: ``None``
+            (the longest row).
+        eval_capacity (int or float, optional): the same outside training mode (a fixed
+            inference budget). Default: ``None``.
 
     Attributes:
         attn: ``sma(LocalGatedAttention)`` (sparse), the bare GAU (always) or ``None``.
@@ -96,7 +104,11 @@ class SeqBoatLayer(nn.Module):
         temperature_scale: float = 1.0,
         straight_through: bool = False,
         density_target: float | None = None,
-        compaction_capacity: int | None = None,
+        density_mode: str = "controller",
+        density_rate: float = 0.5,
+        z_loss: float = 0.0,
+        compaction_capacity: int | float | None = None,
+        eval_capacity: int | float | None = None,
     ):
         super().__init__()
         if mode not in MODES:
@@ -113,7 +125,8 @@ class SeqBoatLayer(nn.Module):
                                       max_distance=max_distance, dropout=attn_dropout)
             self.attn = gau if mode == "always" else sma(
                 gau, dim, router="threshold", temperature_scale=temperature_scale, straight_through=straight_through,
-                density_target=density_target, compaction_capacity=compaction_capacity)
+                density_target=density_target, density_mode=density_mode, density_rate=density_rate, z_loss=z_loss,
+                compaction_capacity=compaction_capacity, eval_capacity=eval_capacity)
         self._ratio: Tensor | None = None
 
     @property

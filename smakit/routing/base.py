@@ -58,22 +58,40 @@ class Routing:
         real = self._real().float()
         return (self.module_probs() * real).sum((1, 2)) / real.sum().clamp(min=1)
 
-    def density_loss(self, target: float | Tensor) -> Tensor:
-        """Squared distance of the expected activation ratio to ``target`` (a compute budget).
+    def density_loss(self, target: float | Tensor, straight_through: bool = False) -> Tensor:
+        """Squared distance of the activation ratio to ``target`` (a compute budget).
 
         Args:
             target (float or Tensor): wanted fraction of tokens per module, scalar or ``[M]``.
+            straight_through (bool): measure the *realised* ratio (:meth:`ratio`, the argmax
+                decision) with the gradient of the expected one (:meth:`density`). Without it
+                the loss reads the expected ratio, which a router can meet with no token
+                active (mean probability 0.25, every token below its argmax). Default: ``False``.
 
         Returns:
-            Tensor: scalar, ``sum_m (density_m - target_m) ** 2``.
+            Tensor: scalar, ``sum_m (ratio_m - target_m) ** 2``.
         """
         target = torch.as_tensor(target, dtype=torch.float32, device=self.probs.device)
-        return ((self.density() - target) ** 2).sum()
+        density = self.density()
+        if straight_through:
+            density = self.ratio() + density - density.detach()
+        return ((density - target) ** 2).sum()
+
+    def z_loss(self) -> Tensor:
+        """Router z-loss: mean over real tokens of ``logsumexp(logits) ** 2`` (keeps logits small).
+
+        Returns:
+            Tensor: scalar, differentiable in ``logits``.
+        """
+        real = self._real().float()
+        z = torch.logsumexp(self.logits.float(), -1).square()  # [B, L]
+        z = torch.where(real > 0, z, 0.0)  # padding may carry any value, NaN included
+        return z.sum() / real.sum().clamp(min=1)
 
 
-def density_loss(routing: Routing, target: float | Tensor) -> Tensor:
+def density_loss(routing: Routing, target: float | Tensor, straight_through: bool = False) -> Tensor:
     """Functional form of :meth:`Routing.density_loss`."""
-    return routing.density_loss(target)
+    return routing.density_loss(target, straight_through)
 
 
 def check_route_input(x: Tensor, mask: Tensor | None, dim: int, name: str = "x") -> None:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Routing, check_route_input, fp32_math, project_fp32
+from .budget import BudgetController
 
 
 class ThresholdRouter(nn.Module):
@@ -19,6 +20,13 @@ class ThresholdRouter(nn.Module):
     the gate on the module's output, which is how the task loss trains the router. Each token
     decides from its own features alone, so the router is causal. Router math runs in
     float32 under autocast.
+
+    With ``density_target``, a :class:`BudgetController` adds a non-gradient bias to each
+    module's score and, in training mode, moves it after every forward toward the bias that
+    makes the realised ratio (the fraction of real tokens the argmax sends to the module,
+    summed over DDP ranks) equal the target on that batch. The bias applies in every mode
+    (training, eval, decoding); only its update is training-only. It lives in buffers, so
+    checkpoints carry it. See the Budget page of the docs for the measurements behind it.
 
     A token whose logits are not finite (NaN or inf in the router input) is skipped: it is
     never routed and its gate is 0, so the module never sees it. No error is raised, since
@@ -35,6 +43,11 @@ class ThresholdRouter(nn.Module):
         gumbel (bool): add Gumbel noise to the logits in training (exploration).
             Default: ``False``.
         bias (bool): bias in the projection. Default: ``True``.
+        density_target (float or list[float], optional): wanted fraction of real tokens per
+            module (one value for all, or ``M`` values), held by the controller.
+            Default: ``None`` (free routing).
+        density_rate (float): controller step, the fraction of the way to the batch's exact
+            bias, in ``(0, 1]``. Default: 0.5.
 
     Shape:
         - x: ``[B, L, dim]``, mask: ``[B, L]`` bool (True = real token)
@@ -56,6 +69,8 @@ class ThresholdRouter(nn.Module):
         straight_through: bool = False,
         gumbel: bool = False,
         bias: bool = True,
+        density_target: float | list[float] | None = None,
+        density_rate: float = 0.5,
     ):
         super().__init__()
         if num_modules < 1:
@@ -68,12 +83,15 @@ class ThresholdRouter(nn.Module):
         self.proj = nn.Linear(dim, 1 + num_modules, bias=bias)
         # shape [1], not a 0-d scalar: FSDP2's fully_shard cannot shard 0-d parameters
         self.log_temperature = nn.Parameter(torch.empty(1))
+        self.budget = None if density_target is None else BudgetController(num_modules, density_target, density_rate)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.proj.reset_parameters()
         with torch.no_grad():
             self.log_temperature.fill_(math.log(self.temperature_scale * math.sqrt(self.dim)))
+        if self.budget is not None:
+            self.budget.reset()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "log_temperature"
@@ -90,6 +108,8 @@ class ThresholdRouter(nn.Module):
         logits = project_fp32(x, self.proj)  # [B, L, 1 + M]
         with fp32_math(x.device):
             scores = logits / self.log_temperature.float().exp()
+            if self.budget is not None:  # non-gradient offset of the module scores (skip stays 0)
+                scores = torch.cat([scores[..., :1], scores[..., 1:] + self.budget.bias], -1)
             if self.gumbel and self.training:
                 u = torch.rand_like(scores).clamp_(1e-9, 1 - 1e-9)
                 scores = scores - torch.log(-torch.log(u))
@@ -105,8 +125,15 @@ class ThresholdRouter(nn.Module):
             if self.straight_through:
                 p = 1.0 + p - p.detach()
             gate = torch.where(active, p, 0.0)
+        if self.budget is not None and self.training:
+            self.budget.update(scores, mask)
         return Routing(active, gate, logits, probs, None, mask)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_modules={self.num_modules}, temperature_scale={self.temperature_scale}, "
                 f"straight_through={self.straight_through}, gumbel={self.gumbel}")
+
+    @property
+    def density_target(self) -> Tensor | None:
+        """``[M]`` target activation ratios, or ``None`` in free mode."""
+        return None if self.budget is None else self.budget.target
