@@ -54,7 +54,8 @@ class BudgetController(nn.Module):
     Examples::
 
         >>> ctl = BudgetController(1, 0.25, rate=1.0)
-        >>> scores = torch.tensor([[[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0]]])  # [B, L, 1 + M]
+        >>> # [B, L, 1 + M]: skip scores 0, module scores 1..4
+        >>> scores = torch.tensor([[[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0]]])
         >>> ctl.update(scores, None)  # all 4 tokens ran: the bias drops below all but one
         >>> bool(-4 < ctl.bias.item() < -3)
         True
