@@ -56,11 +56,12 @@ def test_masked_lookup_reads_fill_and_gives_it_no_gradient():
     assert bias.weight.grad.sum().item() == pytest.approx((~masked).sum().item())
 
 
-def test_short_inputs_use_one_dense_block():
+def test_blocking_dense_for_short_inputs_half_window_blocks_for_long():
     assert _blocking(128, 128, causal=False, chunked=False) == (128, 0, 0)
-    assert _blocking(384, 128, causal=False, chunked=False) == (384, 0, 0)
-    assert _blocking(385, 128, causal=False, chunked=False) == (128, 1, 1)
-    assert _blocking(257, 128, causal=True, chunked=False) == (128, 1, 0)
+    assert _blocking(320, 128, causal=False, chunked=False) == (320, 0, 0)
+    assert _blocking(321, 128, causal=False, chunked=False) == (64, 2, 2)
+    assert _blocking(193, 128, causal=True, chunked=False) == (64, 2, 0)
+    assert _blocking(13, 4, causal=False, chunked=False) == (4, 1, 1)
     assert _blocking(100, 128, causal=True, chunked=True) == (128, 0, 0)
 
 
@@ -69,7 +70,7 @@ ATTN_CASES = [(c, a, ch) for c in (True, False) for a in ("softmax", "relu2") fo
 
 @pytest.mark.parametrize("causal,attention,chunked", ATTN_CASES,
                          ids=[f"causal{c}-{a}-chunked{ch}" for c, a, ch in ATTN_CASES])
-@pytest.mark.parametrize("K,window", [(5, 4), (13, 4), (29, 3), (1, 2)], ids=lambda v: str(v))
+@pytest.mark.parametrize("K,window", [(5, 4), (13, 4), (29, 3), (1, 2), (71, 16)], ids=lambda v: str(v))
 def test_local_attention_matches_dense_reference_fp32(causal, attention, chunked, K, window):
     """Both paths (K <= band: one block; K > band: banded blocks), sparse positions, padding rows."""
     torch.manual_seed(K + window)
@@ -130,3 +131,26 @@ def test_bidirectional_ema_gradients_match_two_convolutions():
         return y.transpose(1, 2) + x * ema.omega
 
     assert_same(lambda: ema(x), ref, [x, *ema.parameters()], torch.randn(2, 21, 6), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal,chunked", [(True, False), (False, False), (True, True), (False, True)])
+@pytest.mark.parametrize("K,window", [(1, 3), (17, 3), (40, 16), (23, 64)], ids=lambda v: str(v))
+def test_span_matches_brute_force_over_valid_keys(causal, chunked, K, window):
+    """The O(K) span vs min/max over every valid key, with masks that are not prefixes."""
+    torch.manual_seed(K)
+    mask = torch.rand(3, K) < 0.7
+    mask[0] = True
+    positions = torch.where(mask, (torch.rand(3, K) * 4).long().cumsum(1) + torch.arange(K), -1)
+    _, span = local_attention(*(torch.randn(3, K, 4) for _ in range(3)), window, causal=causal, mask=mask,
+                              positions=positions, chunked=chunked)
+    i = torch.arange(K)
+    d = i[None, :] - i[:, None]  # key slot - query slot
+    if chunked:
+        allowed = (i[None, :] // window) == (i[:, None] // window)
+        allowed = allowed & (d <= 0) if causal else allowed
+    else:
+        allowed = ((d <= 0) & (d > -window)) if causal else d.abs() <= window
+    valid = allowed & mask[:, None, :]
+    kp = positions[:, None, :].expand(3, K, K)
+    want = kp.masked_fill(~valid, -1).amax(-1) - kp.masked_fill(~valid, 2**40).amin(-1) + 1
+    torch.testing.assert_close(span, torch.where(mask, want, 0))

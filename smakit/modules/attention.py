@@ -24,14 +24,20 @@ from .position import RelativePositionBias, _rotary_cos_sin, _rotate, rotary_fre
 ATTENTIONS = ("softmax", "relu2")
 
 
-def _look_around(t: Tensor, before: int, after: int, fill) -> Tensor:
-    """``t [B, n, w, ...]`` -> ``[B, n, (before + 1 + after) * w, ...]``: each block with its neighbours."""
-    if before == after == 0:
-        return t
-    n = t.shape[1]
-    pad = [0, 0] * (t.dim() - 2) + [before, after]
-    tp = F.pad(t, pad, value=fill)
-    return torch.cat([tp[:, i:i + n] for i in range(before + 1 + after)], dim=2)
+def _look_around(t: Tensor, block: int, before: int, after: int, fill) -> Tensor:
+    """Overlapping windows of ``before + block + after`` rows, one per block, as a view.
+
+    ``t [B, L, ...]`` (``L`` a positive multiple of ``block``) is flattened to ``[B * L, ...]`` rows,
+    padded by ``before``/``after`` rows of ``fill`` at the two ends, and unfolded with
+    stride ``block`` into ``[B * L / block, before + block + after, ...]``: no copy per
+    window, and the backward is one ``unfold_backward``. Windows at a row's edges reach into
+    the neighbouring rows, so the caller masks keys outside the query's own row.
+    """
+    B, L = t.shape[:2]
+    flat = t.reshape(B * L, *t.shape[2:])
+    if before or after:
+        flat = F.pad(flat, [0, 0] * (t.dim() - 2) + [before, after], value=fill)
+    return flat.unfold(0, before + block + after, block).movedim(-1, 1)
 
 
 def _mask_value(q: Tensor, k: Tensor) -> float:
@@ -48,16 +54,41 @@ def _mask_value(q: Tensor, k: Tensor) -> float:
 def _blocking(K, window: int, causal: bool, chunked: bool) -> tuple[int, int, int]:
     """``(block, before, after)``: query block size and neighbour blocks each block attends to.
 
-    The sliding window splits slots into blocks of ``window`` and gives each query the keys
-    of ``before + 1 + after`` blocks; when that band is at least ``K`` (short sequences), one
-    dense block of all ``K`` slots does less work and fewer passes.
+    The sliding window splits slots into blocks of ``window / 2`` (``window`` when small) and
+    gives each query block the keys of ``before + 1 + after`` blocks: ``2.5 * window`` keys
+    per query bidirectionally (``3 * window`` with whole-window blocks) for the ``2 * window + 1``
+    it may see. When that band is at least ``K`` (short sequences), one dense block of all
+    ``K`` slots does less work.
     """
     if chunked:
         return window, 0, 0
-    before, after = (1, 0) if causal else (1, 1)
-    if guard_or_false(K >= 1) and guard_or_false(K <= (before + 1 + after) * window):
+    b = window // 2 if window >= 16 else window
+    before = -(-window // b)
+    after = 0 if causal else before
+    if guard_or_false(K >= 1) and guard_or_false(K <= (before + 1 + after) * b):
         return K, 0, 0
-    return window, before, after
+    return b, before, after
+
+
+def _window_span(mask: Tensor, positions: Tensor, window: int, causal: bool, chunked: bool) -> Tensor:
+    """``[B, K]`` ``pos[last] - pos[first] + 1`` over each query's valid keys (0 for padding).
+
+    Computed from the first and last real slot of each query's window, in ``O(K)``: the
+    positions increase along the slots (as :func:`smakit.sma` gives them).
+    """
+    B, K = mask.shape
+    i = torch.arange(K, device=mask.device)
+    if chunked:
+        lo = i // window * window
+        hi = i if causal else (lo + window - 1).clamp(max=K - 1)
+    else:
+        lo = (i - window + (1 if causal else 0)).clamp(min=0)
+        hi = i if causal else (i + window).clamp(max=K - 1)
+    prev_real = torch.where(mask, i, -1).cummax(-1).values  # last real slot <= j
+    next_real = torch.where(mask, i, K).flip(-1).cummin(-1).values.flip(-1)  # first real slot >= j
+    first = next_real[:, lo].clamp(max=K - 1)
+    last = prev_real[:, hi].clamp(min=0)
+    return torch.where(mask, positions.gather(1, last) - positions.gather(1, first) + 1, 0)
 
 
 def local_attention(
@@ -100,7 +131,8 @@ def local_attention(
 
     Returns:
         ``(out [B, K, E], span [B, K])``: the span is ``max - min + 1`` of the original
-        positions of each query's valid keys (0 for padding queries), detached.
+        positions of each query's valid keys (0 for padding queries), detached; it takes
+        positions to increase along the slots.
     """
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
@@ -111,19 +143,19 @@ def local_attention(
     mask = default(mask, torch.ones(B, K, dtype=torch.bool, device=device))
     positions = default(positions, torch.arange(K, device=device).expand(B, K)).int()  # int32: half the traffic
     b, before, after = _blocking(K, w, causal, chunked)
-    n = -(-K // b)
+    n = torch.sym_max(-(-K // b), 1)  # at least one (all-padding) block: the unfold needs rows when K == 0
     pad = n * b - K
     if guard_or_true(pad != 0):  # under compile K may be data dependent: pad (maybe by 0)
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
         mask = F.pad(mask, (0, pad), value=False)
         positions = F.pad(positions, (0, pad), value=-1)
-    q, k, v = (rearrange(t, "b (n w) d -> b n w d", w=b) for t in (q, k, v))
-    qmask, qpos = (rearrange(t, "b (n w) -> b n w", w=b) for t in (mask, positions))
-    kk, vv = _look_around(k, before, after, 0.0), _look_around(v, before, after, 0.0)
-    kmask, kpos = _look_around(qmask, before, after, False), _look_around(qpos, before, after, -1)
+    span_w = (before + 1 + after) * b  # keys per query block
+    qmask, qpos = mask.view(B, n, b), positions.view(B, n, b)
+    kk, vv = (_look_around(t, b, before * b, after * b, 0.0) for t in (k, v))  # [B*n, span_w, S|E] views
+    kmask = _look_around(mask, b, before * b, after * b, False).view(B, n, 1, span_w)
+    kpos = _look_around(positions, b, before * b, after * b, -1).view(B, n, 1, span_w)
 
     qi = torch.arange(n * b, device=device).view(n, b, 1)  # slot index of each query
-    span_w = (before + 1 + after) * b  # keys per query block
     kj = (torch.arange(n, device=device) * b - before * b).view(n, 1, 1) + torch.arange(span_w, device=device)
     if chunked:
         blocked = kj > qi if causal else torch.zeros_like(kj > qi)
@@ -131,33 +163,29 @@ def local_attention(
         blocked = (kj > qi) | (kj <= qi - w)
     else:
         blocked = (kj - qi).abs() > w
-    masked = blocked | ~kmask.unsqueeze(2)  # [B, n, b, Kw], True = not attended
+    blocked = blocked | (kj < 0) | (kj >= n * b)  # the flat band reaches into the neighbouring rows
+    masked = blocked | ~kmask  # [B, n, b, Kw], True = not attended
 
     fill = _mask_value(q, k)
     if isinstance(bias, RelativePositionBias):
-        add = bias.lookup(bias.masked_buckets(qpos.unsqueeze(-1), kpos.unsqueeze(-2), masked), fill)
+        add = bias.lookup(bias.masked_buckets(qpos.unsqueeze(-1), kpos, masked), fill)
     else:
         add = torch.zeros(masked.shape, dtype=q.dtype, device=device).masked_fill_(masked, fill)
         if exists(bias):
-            add = add + bias(qpos.unsqueeze(-1) - kpos.unsqueeze(-2)).to(add.dtype)
-    scores = torch.baddbmm(add.reshape(B * n, b, span_w), q.reshape(B * n, b, S),
-                           kk.reshape(B * n, span_w, S).transpose(1, 2), alpha=1 / math.sqrt(S))
+            add = add + bias(qpos.unsqueeze(-1) - kpos).to(add.dtype)
+    scores = torch.baddbmm(add.view(B * n, b, span_w), q.reshape(B * n, b, S), kk.transpose(1, 2),
+                           alpha=1 / math.sqrt(S))
     if attention == "softmax":
         weights = scores.softmax(-1)
     else:
         weights = F.relu(scores).square() / w
     if dropout > 0 and training:
         weights = F.dropout(weights, dropout, training=True)
-    out = torch.bmm(weights.to(vv.dtype), vv.reshape(B * n, span_w, E)).view(B, n * b, E)
+    out = torch.bmm(weights.to(vv.dtype), vv).view(B, n * b, E)
     out = out * mask.unsqueeze(-1).to(out.dtype)  # padding queries (all keys masked): zeros
-    with torch.no_grad():
-        big = torch.iinfo(kpos.dtype).max
-        kp = kpos.unsqueeze(2)
-        lo = torch.where(masked, big, kp).amin(-1)
-        hi = torch.where(masked, -1, kp).amax(-1)
-        span = torch.where(qmask, hi - lo + 1, 0).long()  # a real query always sees itself
     out = out[:, :K]
-    span = rearrange(span, "b n w -> b (n w)")[:, :K]
+    with torch.no_grad():
+        span = _window_span(mask[:, :K], positions[:, :K], w, causal, chunked).long()
     return out, span
 
 
