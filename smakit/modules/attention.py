@@ -168,7 +168,7 @@ def local_attention(
 
     fill = _mask_value(q, k)
     if isinstance(bias, RelativePositionBias):
-        add = bias.lookup(bias.masked_buckets(qpos.unsqueeze(-1), kpos, masked), fill)
+        add = bias.masked(qpos.unsqueeze(-1), kpos, masked, fill)
     else:
         add = torch.zeros(masked.shape, dtype=q.dtype, device=device).masked_fill_(masked, fill)
         if exists(bias):

@@ -66,10 +66,10 @@ class RelativePositionBias(nn.Module):
     """Learned scalar bias indexed by the log-bucketed original-position distance.
 
     The bucket of every distance in ``[-max_distance, max_distance]`` is tabulated once
-    (larger distances share the edge buckets), so a lookup is one integer gather; the bias
-    is read with ``index_select`` from the ``num_buckets``-entry table, whose backward is an
-    ``index_add`` into that tiny table (indexing with ``weight[bucket]`` instead costs an
-    accumulating ``index_put`` in backward, ~30x slower on CPU).
+    (larger distances share the edge buckets); bias values are read with ``index_select``
+    from a small table, whose backward is an ``index_add`` into that table (indexing with
+    ``weight[bucket]`` instead costs an accumulating ``index_put`` in backward, ~30x slower
+    on CPU). :func:`relative_bias_ref` is the direct reference.
 
     Args:
         num_buckets (int): number of buckets (split between signs when bidirectional).
@@ -87,8 +87,7 @@ class RelativePositionBias(nn.Module):
         >>> bias(torch.tensor([0, 1, 100, 5000])).shape
         torch.Size([4])
         >>> q, k = torch.tensor([[3, 9]]), torch.tensor([[0, 3, 9]])
-        >>> idx = bias.masked_buckets(q[..., None], k[..., None, :], q[..., None] < k[..., None, :])
-        >>> bias.lookup(idx, fill=float("-inf")).shape
+        >>> bias.masked(q[..., None], k[..., None, :], q[..., None] < k[..., None, :], fill=-1e9).shape
         torch.Size([1, 2, 3])
     """
 
@@ -113,19 +112,22 @@ class RelativePositionBias(nn.Module):
         shifted = (distance + M).clamp_(0, 2 * M)  # distances beyond M share the edge bucket
         return self.bucket_of.index_select(0, shifted.flatten()).view(distance.shape)
 
-    def masked_buckets(self, pos_q: Tensor, pos_k: Tensor, masked: Tensor) -> Tensor:
-        """int32 buckets of ``pos_q - pos_k`` (broadcast), ``num_buckets`` where ``masked`` is True."""
-        M = self.max_distance
-        shifted = (pos_q + M - pos_k).clamp_(0, 2 * M)
-        idx = self.bucket_of.index_select(0, shifted.flatten()).view(shifted.shape)
-        return idx.masked_fill_(masked, self.num_buckets)
+    def lookup(self, bucket: Tensor) -> Tensor:
+        """Bias of each bucket id (int32 or int64, any shape)."""
+        return self.weight.index_select(0, bucket.flatten()).view(bucket.shape)
 
-    def lookup(self, bucket: Tensor, fill: float | None = None) -> Tensor:
-        """Bias of each bucket id; with ``fill``, id ``num_buckets`` reads ``fill`` (no gradient)."""
-        table = self.weight
-        if fill is not None:
-            table = torch.cat((table, table.new_full((1,), fill)))
-        return table.index_select(0, bucket.flatten()).view(bucket.shape)
+    def masked(self, pos_q: Tensor, pos_k: Tensor, masked: Tensor, fill: float) -> Tensor:
+        """Bias of ``pos_q - pos_k`` (broadcast), ``fill`` (no gradient) where ``masked`` is True.
+
+        One gather per pair, straight from the clamped distance into a ``2 * max_distance + 2``
+        entry table of bias values (the bucket table composed with the weights, then ``fill``).
+        """
+        M = self.max_distance
+        idx = (pos_q + M - pos_k).clamp_(0, 2 * M).masked_fill_(masked, 2 * M + 1)
+        extra = torch.full((1,), self.num_buckets, dtype=self.bucket_of.dtype, device=self.bucket_of.device)
+        table = torch.cat((self.weight, self.weight.new_full((1,), fill)))
+        table = table.index_select(0, torch.cat((self.bucket_of, extra)))  # [2M + 2]
+        return table.index_select(0, idx.flatten()).view(idx.shape)
 
     def forward(self, distance: Tensor) -> Tensor:
         return self.lookup(self.bucket(distance))
