@@ -154,3 +154,11 @@ def test_span_matches_brute_force_over_valid_keys(causal, chunked, K, window):
     kp = positions[:, None, :].expand(3, K, K)
     want = kp.masked_fill(~valid, -1).amax(-1) - kp.masked_fill(~valid, 2**40).amin(-1) + 1
     torch.testing.assert_close(span, torch.where(mask, want, 0))
+
+
+@pytest.mark.parametrize("window", [3, 16])
+def test_empty_sequence(window):
+    q, k, v = (torch.randn(2, 0, d, requires_grad=True) for d in (4, 4, 6))
+    out, span = local_attention(q, k, v, window, causal=False, bias=RelativePositionBias(8, 16, True))
+    assert out.shape == (2, 0, 6) and span.shape == (2, 0)
+    out.sum().backward()
