@@ -14,22 +14,80 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
-from torch.fx.experimental.symbolic_shapes import guard_or_true
+from torch.fx.experimental.symbolic_shapes import guard_or_false, guard_or_true
 
 from .._utils import default, exists
-from .position import RelativePositionBias, apply_rotary, rotary_frequencies
+from .position import RelativePositionBias, _rotary_cos_sin, _rotate, rotary_frequencies
 
 ATTENTIONS = ("softmax", "relu2")
 
 
-def _look_around(t: Tensor, before: int, after: int, fill) -> Tensor:
-    """``t [B, n, w, ...]`` -> ``[B, n, (before + 1 + after) * w, ...]``: each block with its neighbours."""
-    n = t.shape[1]
-    pad = [0, 0] * (t.dim() - 2) + [before, after]
-    tp = F.pad(t, pad, value=fill)
-    return torch.cat([tp[:, i:i + n] for i in range(before + 1 + after)], dim=2)
+def _look_around(t: Tensor, block: int, before: int, after: int, fill) -> Tensor:
+    """Overlapping windows of ``before + block + after`` rows, one per block, as a view.
+
+    ``t [B, L, ...]`` (``L`` a positive multiple of ``block``) is flattened to ``[B * L, ...]`` rows,
+    padded by ``before``/``after`` rows of ``fill`` at the two ends, and unfolded with
+    stride ``block`` into ``[B * L / block, before + block + after, ...]``: no copy per
+    window, and the backward is one ``unfold_backward``. Windows at a row's edges reach into
+    the neighbouring rows, so the caller masks keys outside the query's own row.
+    """
+    B, L = t.shape[:2]
+    flat = t.reshape(B * L, *t.shape[2:])
+    if before or after:
+        flat = F.pad(flat, [0, 0] * (t.dim() - 2) + [before, after], value=fill)
+    return flat.unfold(0, before + block + after, block).movedim(-1, 1)
+
+
+def _mask_value(q: Tensor, k: Tensor) -> float:
+    """A finite score that softmax and relu^2 turn into exactly 0, in the dtype the scores use.
+
+    Finite (not -inf) so a padding query whose keys are all masked gets a finite, zeroed row
+    instead of NaN; half the dtype's max so adding a score cannot overflow.
+    """
+    dev = q.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(q.dtype, k.dtype)
+    return -0.5 * torch.finfo(dtype).max
+
+
+def _blocking(K, window: int, causal: bool, chunked: bool) -> tuple[int, int, int]:
+    """``(block, before, after)``: query block size and neighbour blocks each block attends to.
+
+    The sliding window splits slots into blocks of ``window / 2`` (``window`` when small) and
+    gives each query block the keys of ``before + 1 + after`` blocks: ``2.5 * window`` keys
+    per query bidirectionally (``3 * window`` with whole-window blocks) for the ``2 * window + 1``
+    it may see. When that band is at least ``K`` (short sequences), one dense block of all
+    ``K`` slots does less work.
+    """
+    if chunked:
+        return window, 0, 0
+    b = window // 2 if window >= 16 else window
+    before = -(-window // b)
+    after = 0 if causal else before
+    if guard_or_false(K >= 1) and guard_or_false(K <= (before + 1 + after) * b):
+        return K, 0, 0
+    return b, before, after
+
+
+def _window_span(mask: Tensor, positions: Tensor, window: int, causal: bool, chunked: bool) -> Tensor:
+    """``[B, K]`` ``pos[last] - pos[first] + 1`` over each query's valid keys (0 for padding).
+
+    Computed from the first and last real slot of each query's window, in ``O(K)``: the
+    positions increase along the slots (as :func:`smakit.sma` gives them).
+    """
+    B, K = mask.shape
+    i = torch.arange(K, device=mask.device)
+    if chunked:
+        lo = i // window * window
+        hi = i if causal else (lo + window - 1).clamp(max=K - 1)
+    else:
+        lo = (i - window + (1 if causal else 0)).clamp(min=0)
+        hi = i if causal else (i + window).clamp(max=K - 1)
+    prev_real = torch.where(mask, i, -1).cummax(-1).values  # last real slot <= j
+    next_real = torch.where(mask, i, K).flip(-1).cummin(-1).values.flip(-1)  # first real slot >= j
+    first = next_real[:, lo].clamp(max=K - 1)
+    last = prev_real[:, hi].clamp(min=0)
+    return torch.where(mask, positions.gather(1, last) - positions.gather(1, first) + 1, 0)
 
 
 def local_attention(
@@ -52,7 +110,12 @@ def local_attention(
     A query in slot ``i`` sees keys in slots ``i - window < j <= i`` (causal) or
     ``|i - j| <= window`` (bidirectional); with ``chunked`` it sees its own block of
     ``window`` slots instead (causal within the block). Padding slots (``mask`` False) are
-    never attended to, and queries with no valid key return zeros.
+    never attended to, and padding queries return zeros.
+
+    The position bias and the mask enter as one additive tensor (masked pairs read a large
+    negative score), fused into the score matmul (``baddbmm``); a
+    :class:`~smakit.modules.position.RelativePositionBias` is read from its bucket table in
+    one gather. ``_local_attention_ref`` is the dense ``O(K^2)`` reference.
 
     Args:
         q, k (Tensor): ``[B, K, S]``; v (Tensor): ``[B, K, E]``.
@@ -67,58 +130,90 @@ def local_attention(
 
     Returns:
         ``(out [B, K, E], span [B, K])``: the span is ``max - min + 1`` of the original
-        positions of each query's valid keys (0 for queries without keys), detached.
+        positions of each query's valid keys (0 for padding queries), detached; it takes
+        positions to increase along the slots.
     """
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     B, K, S = q.shape
+    E = v.shape[-1]
     w = window
     device = q.device
     mask = default(mask, torch.ones(B, K, dtype=torch.bool, device=device))
-    positions = default(positions, torch.arange(K, device=device).expand(B, K))
-    n = -(-K // w)
-    pad = n * w - K
+    positions = default(positions, torch.arange(K, device=device).expand(B, K)).int()  # int32: half the traffic
+    b, before, after = _blocking(K, w, causal, chunked)
+    n = torch.sym_max(-(-K // b), 1)  # at least one (all-padding) block: the unfold needs rows when K == 0
+    pad = n * b - K
     if guard_or_true(pad != 0):  # under compile K may be data dependent: pad (maybe by 0)
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
         mask = F.pad(mask, (0, pad), value=False)
         positions = F.pad(positions, (0, pad), value=-1)
-    q, k, v = (rearrange(t, "b (n w) d -> b n w d", w=w) for t in (q, k, v))
-    qmask, qpos = (rearrange(t, "b (n w) -> b n w", w=w) for t in (mask, positions))
-    before, after = (0, 0) if chunked else ((1, 0) if causal else (1, 1))
-    kk, vv = _look_around(k, before, after, 0.0), _look_around(v, before, after, 0.0)
-    kmask, kpos = _look_around(qmask, before, after, False), _look_around(qpos, before, after, -1)
+    span_w = (before + 1 + after) * b  # keys per query block
+    qpos = positions.view(B, n, b)
+    kk, vv = (_look_around(t, b, before * b, after * b, 0.0) for t in (k, v))  # [B*n, span_w, S|E] views
+    kmask = _look_around(mask, b, before * b, after * b, False).view(B, n, 1, span_w)
+    kpos = _look_around(positions, b, before * b, after * b, -1).view(B, n, 1, span_w)
 
-    qi = torch.arange(n * w, device=device).view(n, w, 1)  # slot index of each query
-    span_w = (before + 1 + after) * w  # keys per query block
-    kj = (torch.arange(n, device=device) * w - before * w).view(n, 1, 1) + torch.arange(span_w, device=device)
+    qi = torch.arange(n * b, device=device).view(n, b, 1)  # slot index of each query
+    kj = (torch.arange(n, device=device) * b - before * b).view(n, 1, 1) + torch.arange(span_w, device=device)
     if chunked:
-        allowed = kj <= qi if causal else torch.ones_like(kj <= qi)
+        blocked = kj > qi if causal else torch.zeros_like(kj > qi)
     elif causal:
-        allowed = (kj <= qi) & (kj > qi - w)
+        blocked = (kj > qi) | (kj <= qi - w)
     else:
-        allowed = (kj - qi).abs() <= w
-    valid = allowed & kmask.unsqueeze(2)  # [B, n, w, Kw]
+        blocked = (kj - qi).abs() > w
+    blocked = blocked | (kj < 0) | (kj >= n * b)  # the flat band reaches into the neighbouring rows
+    masked = blocked | ~kmask  # [B, n, b, Kw], True = not attended
 
-    if attention not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-    scores = torch.einsum("bnis,bnjs->bnij", q, kk) / math.sqrt(S)
-    if exists(bias):
-        scores = scores + bias(qpos.unsqueeze(-1) - kpos.unsqueeze(-2)).to(scores.dtype)
-    if attention == "softmax":
-        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
-        weights = scores.softmax(-1) * valid.any(-1, keepdim=True)  # a query without keys gets zeros
+    fill = _mask_value(q, k)
+    if isinstance(bias, RelativePositionBias):
+        add = bias.masked(qpos.unsqueeze(-1), kpos, masked, fill)
     else:
-        weights = F.relu(scores).square().masked_fill(~valid, 0.0) / w
+        add = torch.zeros(masked.shape, dtype=q.dtype, device=device).masked_fill_(masked, fill)
+        if exists(bias):
+            add = add + bias(qpos.unsqueeze(-1) - kpos).to(add.dtype)
+    scores = torch.baddbmm(add.view(B * n, b, span_w), q.reshape(B * n, b, S), kk.transpose(1, 2),
+                           alpha=1 / math.sqrt(S))
+    if attention == "softmax":
+        weights = scores.softmax(-1)
+    else:
+        weights = F.relu(scores).square() / w
     if dropout > 0 and training:
         weights = F.dropout(weights, dropout, training=True)
-    out = torch.einsum("bnij,bnje->bnie", weights, vv)
+    out = torch.bmm(weights.to(vv.dtype), vv).view(B, n * b, E)
+    out = out * mask.unsqueeze(-1).to(out.dtype)  # padding queries (all keys masked): zeros
+    out = out[:, :K]
     with torch.no_grad():
-        big = torch.iinfo(kpos.dtype).max
-        kp = kpos.unsqueeze(2)
-        lo = torch.where(valid, kp, big).amin(-1)
-        hi = torch.where(valid, kp, -1).amax(-1)
-        span = torch.where(valid.any(-1), hi - lo + 1, 0)
-    out = rearrange(out, "b n w e -> b (n w) e")[:, :K]
-    span = rearrange(span, "b n w -> b (n w)")[:, :K]
+        span = _window_span(mask[:, :K], positions[:, :K], w, causal, chunked).long()
     return out, span
+
+
+def _local_attention_ref(q: Tensor, k: Tensor, v: Tensor, window: int, *, causal: bool, mask: Tensor | None = None,
+                         positions: Tensor | None = None, bias: nn.Module | None = None, attention: str = "softmax",
+                         chunked: bool = False) -> Tensor:
+    """Dense ``O(K^2)`` reference of :func:`local_attention` (output only): the window as a full mask."""
+    B, K, S = q.shape
+    mask = default(mask, torch.ones(B, K, dtype=torch.bool, device=q.device))
+    positions = default(positions, torch.arange(K, device=q.device).expand(B, K))
+    s = q @ k.transpose(1, 2) / math.sqrt(S)
+    if exists(bias):
+        s = s + bias(positions[:, :, None] - positions[:, None, :])
+    i = torch.arange(K, device=q.device)
+    d = i[None, :] - i[:, None]  # key slot - query slot
+    if chunked:
+        allowed = (i[None, :] // window) == (i[:, None] // window)
+        if causal:
+            allowed &= d <= 0
+    elif causal:
+        allowed = (d <= 0) & (d > -window)
+    else:
+        allowed = d.abs() <= window
+    valid = allowed & mask[:, None, :]
+    if attention == "softmax":
+        wts = s.masked_fill(~valid, torch.finfo(s.dtype).min).softmax(-1) * valid.any(-1, keepdim=True)
+    else:
+        wts = torch.relu(s).square().masked_fill(~valid, 0) / window
+    return (wts @ v) * mask.unsqueeze(-1)
 
 
 class LocalGatedAttention(nn.Module):
@@ -217,7 +312,8 @@ class LocalGatedAttention(nn.Module):
         q = z * self.qk_scale[0] + self.qk_offset[0]
         k = z * self.qk_scale[1] + self.qk_offset[1]
         if exists(self.inv_freq):
-            q, k = apply_rotary(q, positions, self.inv_freq), apply_rotary(k, positions, self.inv_freq)
+            cos, sin = _rotary_cos_sin(positions, self.inv_freq, q.dtype)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         return u, v, q, k
 
     def forward(self, x: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:

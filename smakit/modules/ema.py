@@ -38,6 +38,30 @@ def fft_causal_conv(x: Tensor, k: Tensor) -> Tensor:
     return torch.fft.irfft(xf * kf, n=n)[..., :L].to(x.dtype)
 
 
+
+def fft_two_sided_conv(x: Tensor, k_fwd: Tensor, k_bwd: Tensor) -> Tensor:
+    """``y_t = sum_{j <= t} k_fwd[t - j] x_j + sum_{j >= t} k_bwd[j - t] x_j`` in one FFT.
+
+    Equals ``fft_causal_conv(x, k_fwd) + fft_causal_conv(x.flip(-1), k_bwd).flip(-1)``
+    (the reference) with half the transforms: both kernels go into one circular kernel of
+    length ``2L`` (``k_fwd`` at lags ``0..``, ``k_bwd`` wrapped to lags ``..-1``).
+
+    Args:
+        x (Tensor): ``[..., D, L]`` signal.
+        k_fwd, k_bwd (Tensor): ``[D, Lk]`` kernels, ``Lk <= L``.
+
+    Returns:
+        Tensor ``[..., D, L]`` in ``x``'s dtype (computed in at least float32).
+    """
+    L, Lk = x.shape[-1], k_fwd.shape[-1]
+    n = 2 * L
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    k_fwd, k_bwd = k_fwd.to(dtype), k_bwd.to(dtype)
+    gap = k_fwd.new_zeros(k_fwd.shape[0], n - 2 * Lk + 1)
+    c = torch.cat((k_fwd[:, :1] + k_bwd[:, :1], k_fwd[:, 1:], gap, k_bwd[:, 1:].flip(-1)), dim=-1)  # [D, n]
+    xf = torch.fft.rfft(x.to(dtype), n=n)
+    return torch.fft.irfft(xf * torch.fft.rfft(c, n=n), n=n)[..., :L].to(x.dtype)
+
 class MultiHeadEMA(nn.Module):
     """Mega-style multi-dimensional damped EMA over ``[B, L, D]`` sequences.
 
@@ -128,8 +152,7 @@ class MultiHeadEMA(nn.Module):
         k = self.kernel(min(L, default(self.truncation, L)))
         u = x.transpose(1, 2)  # [B, D, L]
         if self.bidirectional:
-            k_fwd, k_bwd = k.chunk(2, dim=0)
-            y = fft_causal_conv(u, k_fwd) + fft_causal_conv(u.flip(-1), k_bwd).flip(-1)
+            y = fft_two_sided_conv(u, *k.chunk(2, dim=0))
         else:
             y = fft_causal_conv(u, k)
         return y.transpose(1, 2) + x * self.omega

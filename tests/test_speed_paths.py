@@ -1,0 +1,163 @@
+"""Fast paths vs their plain references, forward and every gradient, on odd sizes.
+
+* the relative bias read from its bucket table vs bucketing each distance directly,
+* ``local_attention`` (one dense block for short inputs, banded blocks for long ones, the
+  mask folded into the bias) vs the dense masked ``O(K^2)`` reference,
+* the one-FFT bidirectional EMA convolution vs two causal FFT convolutions.
+"""
+
+import pytest
+import torch
+
+from smakit.modules import MultiHeadEMA, fft_causal_conv, local_attention
+from smakit.modules.attention import _blocking, _local_attention_ref
+from smakit.modules.ema import fft_two_sided_conv
+from smakit.modules.position import RelativePositionBias, relative_bias_ref, relative_bucket
+
+
+def grads_of(fn, inputs, weight):
+    for t in inputs:
+        t.grad = None
+    out = fn()
+    (out * weight).sum().backward()
+    return out.detach(), [t.grad.clone() for t in inputs]
+
+
+def assert_same(fast, ref, inputs, weight, rtol, atol):
+    out_f, g_f = grads_of(fast, inputs, weight)
+    out_r, g_r = grads_of(ref, inputs, weight)
+    torch.testing.assert_close(out_f, out_r, rtol=rtol, atol=atol)
+    for i, (a, b) in enumerate(zip(g_f, g_r)):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, i=i: f"grad {i}: {m}")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidir"])
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 1024), (7, 13), (2, 1)], ids=lambda v: str(v))
+def test_relative_bias_table_matches_direct_bucketing(bidirectional, num_buckets, max_distance):
+    torch.manual_seed(num_buckets)
+    bias = RelativePositionBias(num_buckets, max_distance, bidirectional)
+    distance = torch.randint(-3 * max_distance - 5, 3 * max_distance + 6, (3, 37, 11))
+    distance[0, 0, :5] = torch.tensor([0, max_distance, -max_distance, max_distance + 1, -max_distance - 1])
+    assert torch.equal(bias.bucket(distance).long(),
+                       relative_bucket(distance, num_buckets, max_distance, bidirectional))
+    w = torch.randn(distance.shape)
+    assert_same(lambda: bias(distance), lambda: relative_bias_ref(bias.weight, distance, max_distance, bidirectional),
+                [bias.weight], w, rtol=1e-6, atol=1e-6)
+
+
+def test_masked_lookup_reads_fill_and_gives_it_no_gradient():
+    bias = RelativePositionBias(8, 20, bidirectional=True)
+    pq, pk = torch.arange(5).view(5, 1), torch.arange(7).view(1, 7) * 3
+    masked = torch.rand(5, 7) < 0.4
+    out = bias.masked(pq, pk, masked, fill=-5.0)
+    ref = torch.where(masked, -5.0, relative_bias_ref(bias.weight, pq - pk, 20, True))
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    assert bias.weight.grad.sum().item() == pytest.approx((~masked).sum().item())
+
+
+def test_blocking_dense_for_short_inputs_half_window_blocks_for_long():
+    assert _blocking(128, 128, causal=False, chunked=False) == (128, 0, 0)
+    assert _blocking(320, 128, causal=False, chunked=False) == (320, 0, 0)
+    assert _blocking(321, 128, causal=False, chunked=False) == (64, 2, 2)
+    assert _blocking(193, 128, causal=True, chunked=False) == (64, 2, 0)
+    assert _blocking(13, 4, causal=False, chunked=False) == (4, 1, 1)
+    assert _blocking(100, 128, causal=True, chunked=True) == (128, 0, 0)
+
+
+ATTN_CASES = [(c, a, ch) for c in (True, False) for a in ("softmax", "relu2") for ch in (False, True)]
+
+
+@pytest.mark.parametrize("causal,attention,chunked", ATTN_CASES,
+                         ids=[f"causal{c}-{a}-chunked{ch}" for c, a, ch in ATTN_CASES])
+@pytest.mark.parametrize("K,window", [(5, 4), (13, 4), (29, 3), (1, 2), (71, 16)], ids=lambda v: str(v))
+def test_local_attention_matches_dense_reference_fp32(causal, attention, chunked, K, window):
+    """Both paths (K <= band: one block; K > band: banded blocks), sparse positions, padding rows."""
+    torch.manual_seed(K + window)
+    B, S, E = 3, 6, 5
+    q, k, v = (torch.randn(B, K, d, requires_grad=True) for d in (S, S, E))
+    mask = torch.arange(K) < torch.tensor([[K], [max(K - 4, 0)], [1]])
+    positions = torch.where(mask, torch.arange(K) * 3 + torch.arange(B)[:, None], -1)
+    bias = RelativePositionBias(8, 16, bidirectional=not causal)
+    with torch.no_grad():
+        bias.weight.normal_(0.0, 1.0)
+    kw = dict(causal=causal, mask=mask, positions=positions, bias=bias, attention=attention, chunked=chunked)
+    w = torch.randn(B, K, E)
+    assert_same(lambda: local_attention(q, k, v, window, **kw)[0], lambda: _local_attention_ref(q, k, v, window, **kw),
+                [q, k, v, bias.weight], w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_gau_without_relative_bias_matches_reference(causal):
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, 11, d, requires_grad=True) for d in (4, 4, 6))
+    mask = torch.arange(11) < torch.tensor([[11], [7]])
+    kw = dict(causal=causal, mask=mask, attention="softmax")
+    assert_same(lambda: local_attention(q, k, v, 3, **kw)[0], lambda: _local_attention_ref(q, k, v, 3, **kw),
+                [q, k, v], torch.randn(2, 11, 6), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_scores_stay_finite_with_all_padding_rows():
+    q, k, v = (torch.randn(2, 9, 4, requires_grad=True) for _ in range(3))
+    mask = torch.arange(9) < torch.tensor([[9], [0]])
+    bias = RelativePositionBias(8, 16, bidirectional=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, span = local_attention(q, k, v, 2, causal=False, mask=mask, bias=bias)
+    out.float().sum().backward()
+    assert torch.isfinite(out).all() and (out[1] == 0).all() and (span[1] == 0).all()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v, bias.weight))
+
+
+@pytest.mark.parametrize("L,Lk", [(1, 1), (7, 7), (33, 33), (40, 9)], ids=lambda v: str(v))
+def test_two_sided_fft_conv_matches_two_causal_convs(L, Lk):
+    torch.manual_seed(L)
+    x = torch.randn(2, 5, L, requires_grad=True)
+    kf, kb = torch.randn(5, Lk, requires_grad=True), torch.randn(5, Lk, requires_grad=True)
+    assert_same(lambda: fft_two_sided_conv(x, kf, kb),
+                lambda: fft_causal_conv(x, kf) + fft_causal_conv(x.flip(-1), kb).flip(-1),
+                [x, kf, kb], torch.randn(2, 5, L), rtol=1e-5, atol=1e-5)
+
+
+def test_bidirectional_ema_gradients_match_two_convolutions():
+    torch.manual_seed(3)
+    ema = MultiHeadEMA(6, ndim=3, bidirectional=True)
+    x = torch.randn(2, 21, 6, requires_grad=True)
+
+    def ref():
+        k = ema.kernel(21)
+        u = x.transpose(1, 2)
+        y = fft_causal_conv(u, k[:6]) + fft_causal_conv(u.flip(-1), k[6:]).flip(-1)
+        return y.transpose(1, 2) + x * ema.omega
+
+    assert_same(lambda: ema(x), ref, [x, *ema.parameters()], torch.randn(2, 21, 6), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal,chunked", [(True, False), (False, False), (True, True), (False, True)])
+@pytest.mark.parametrize("K,window", [(1, 3), (17, 3), (40, 16), (23, 64)], ids=lambda v: str(v))
+def test_span_matches_brute_force_over_valid_keys(causal, chunked, K, window):
+    """The O(K) span vs min/max over every valid key, with masks that are not prefixes."""
+    torch.manual_seed(K)
+    mask = torch.rand(3, K) < 0.7
+    mask[0] = True
+    positions = torch.where(mask, (torch.rand(3, K) * 4).long().cumsum(1) + torch.arange(K), -1)
+    _, span = local_attention(*(torch.randn(3, K, 4) for _ in range(3)), window, causal=causal, mask=mask,
+                              positions=positions, chunked=chunked)
+    i = torch.arange(K)
+    d = i[None, :] - i[:, None]  # key slot - query slot
+    if chunked:
+        allowed = (i[None, :] // window) == (i[:, None] // window)
+        allowed = allowed & (d <= 0) if causal else allowed
+    else:
+        allowed = ((d <= 0) & (d > -window)) if causal else d.abs() <= window
+    valid = allowed & mask[:, None, :]
+    kp = positions[:, None, :].expand(3, K, K)
+    want = kp.masked_fill(~valid, -1).amax(-1) - kp.masked_fill(~valid, 2**40).amin(-1) + 1
+    torch.testing.assert_close(span, torch.where(mask, want, 0))
+
+
+@pytest.mark.parametrize("window", [3, 16])
+def test_empty_sequence(window):
+    q, k, v = (torch.randn(2, 0, d, requires_grad=True) for d in (4, 4, 6))
+    out, span = local_attention(q, k, v, window, causal=False, bias=RelativePositionBias(8, 16, True))
+    assert out.shape == (2, 0, 6) and span.shape == (2, 0)
+    out.sum().backward()
