@@ -20,6 +20,8 @@ Writes ``benchmarks/results/frontier.{json,md,png}``.
   (``getrusage``) and its rise during training, the realised activation of each routed layer
   on the test split, and the 1-minute load average before and after.
 * Results already in ``frontier.json`` with the same budget are kept (``--redo`` re-runs).
+* Run it on an otherwise idle machine: on a shared one, two torch threads per run can be
+  many times slower than one (``--threads 1``), and step times compare only at equal load.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ TASKS = {
     "listops": ("accuracy", True, {}),
     "charlm": ("bpc", False, {"data.seq_len": 1024, "train.batch_size": 8, "train.eval_batches": 0}),
 }
+TASK_TITLES = {"listops": "ListOps", "charlm": "Char-LM (Shakespeare)"}
 SMALL_COST = {"accuracy": 0.02, "bpc": 0.05}  # a budget "costs little" within this of the free router
 QUICK = {
     "listops": {"data.num_train": 128, "data.num_val": 16, "data.num_test": 32, "data.max_len": 80},
@@ -253,9 +256,9 @@ def frontier_models(rows: list[dict], higher: bool) -> list[str]:
 def cheapest_budget(rows: list[dict], metric: str, higher: bool) -> dict | None:
     """The smallest ``density_target`` whose quality is within :data:`SMALL_COST` of the free router."""
     free = next((r for r in rows if r["model"] == REFERENCE), None)
-    if free is None:
-        return None
     budgets = [r for r in rows if "model.density_target" in r["overrides"]]
+    if free is None or not budgets:
+        return None
     for r in sorted(budgets, key=lambda r: r["overrides"]["model.density_target"]):
         target = r["overrides"]["model.density_target"]
         cost = (free["quality"] - r["quality"]) if higher else (r["quality"] - free["quality"])
@@ -291,33 +294,41 @@ def summarise(results: dict) -> dict:
 def write_report(results: dict, stem: Path) -> None:
     """``<stem>.md`` (one table per task) and ``<stem>.png`` (quality against step time)."""
     env, rows = results["machine"], results["rows"]
-    loads = [r["load_before"] for r in rows] + [r["load_after"] for r in rows]
-    budgets = sorted({r["budget_minutes"] for r in rows})
-    threads = sorted({r["threads"] for r in rows})
     text = [f"# Quality against compute{' (quick smoke run)' if results.get('quick') else ''}\n",
-            (f"Device: {env['device']}, torch {env['torch']}, commit {env['commit']}, "
-             f"{' / '.join(map(str, threads))} torch thread(s) per run. Each model trained for "
-             f"{' / '.join(f'{m:g}' for m in budgets)} minutes of wall time, one model at a time; the 1-minute "
-             f"load average around the runs was {min(loads, default=0):.1f} to {max(loads, default=0):.1f}.\n")]
+            f"Device: {env['device']}, torch {env['torch']}, commit {env['commit']}.\n"]
+    if rows:
+        loads = [r["load_before"] for r in rows] + [r["load_after"] for r in rows]
+        minutes = " / ".join(f"{m:g}" for m in sorted({r["budget_minutes"] for r in rows}))
+        threads = " / ".join(str(t) for t in sorted({r["threads"] for r in rows}))
+        text.append(f"Each model trained for {minutes} minutes of wall time with {threads} "
+                    f"torch thread(s), one model at a time; the 1-minute load average around the runs was "
+                    f"{min(loads):.1f} to {max(loads):.1f}.\n")
     for task, s in results.get("summary", {}).items():
         metric = "test accuracy" if s["metric"] == "accuracy" else "test bits per byte (lower is better)"
-        text.append(f"## {task}: {metric}\n")
+        text.append(f"## {TASK_TITLES[task]}: {metric}\n")
         text.append(markdown_table(
-            ["model", "params", "ms/step", "steps", "peak MiB (rise)", metric.split(" (")[0], "activation"],
+            ["model", "params", "ms/step", "steps", "peak MiB (rise)",
+             "test acc." if s["metric"] == "accuracy" else "test bpc", "activation"],
             [[f"**{r['label']}**" if r["model"] in s["frontier"] else r["label"], r["parameters"], r["step_ms"],
               r["steps"], f"{r['peak_rss_mib']:,.0f} (+{r['train_rss_mib']:,.0f})", r["quality"],
               " ".join(f"{a:.2f}" for a in r["activation"]) if r["activation"] else "-"]
              for r in rows if r["task"] == task]))
-    text.append("**Bold**: on the frontier (no other model is both faster per step and better). ms/step: median "
-                "train step (data, forward, backward, optimizer). Peak MiB: the process's peak resident memory; in "
-                "brackets, its rise during training (the rest is Python, torch and the data, the same for all). "
-                "Activation: fraction of tokens each routed layer ran attention on (test split).\n")
+    if rows:
+        text.append("**Bold**: on the frontier (no other model is both faster per step and better). ms/step: median "
+                    "train step (data, forward, backward, optimizer). Peak MiB: the process's peak resident memory; "
+                    "in brackets, its rise during training (the rest is Python, torch and the data, the same for all). "
+                    "Activation: fraction of tokens each routed layer ran attention on (test split).\n")
     check = results.get("scale_check")
     if check:
-        text.append(f"Scale check (`--scale-check`, {check['budget_minutes']:g} minutes, ListOps lengths 50-300): "
-                    f"test accuracy {check['accuracy']:.4f} in {check['steps']} steps against "
+        ov = check["overrides"]
+        text.append(f"Scale check (`--scale-check`: {check['budget_minutes']:g} minutes, ListOps lengths "
+                    f"{ov['data.min_len']}-{ov['data.max_len']}, {ov['data.num_train']:,} train / "
+                    f"{ov['data.num_test']:,} test, batch {ov['train.batch_size']}, AdamW {ov['train.lr']:g}, "
+                    f"{check['threads']} torch thread(s), load average "
+                    f"{check['load_before']:.1f} to {check['load_after']:.1f}): test accuracy {check['accuracy']:.4f} "
+                    f"in {check['steps']} steps of {check['step_ms']:,.0f} ms, against "
                     f"{check['reference_accuracy']:.4f} for the official SeqBoat code: "
-                    f"{'pass' if check['passed'] else 'fail'}.\n")
+                    f"**{'pass' if check['passed'] else 'fail'}**.\n")
     stem.with_suffix(".md").write_text("\n".join(text))
     plot(results, stem.with_suffix(".png"))
 
@@ -327,8 +338,11 @@ def plot(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     summary = results.get("summary", {})
+    if not summary:
+        return
     fig, axes = plt.subplots(1, max(len(summary), 1), figsize=(6 * max(len(summary), 1), 4.4), squeeze=False)
     for ax, (task, s) in zip(axes[0], summary.items()):
         rows = [r for r in results["rows"] if r["task"] == task]
@@ -342,12 +356,18 @@ def plot(results: dict, path: Path) -> None:
         ax.step([r["step_ms"] for r in front], [r["quality"] for r in front], where="post", color="tab:red",
                 lw=1.2, label="frontier")
         ax.set_xscale("log")
-        ax.set(xlabel="train step (ms, log scale)", ylabel=f"test {s['metric']}",
+        ms = FuncFormatter(lambda v, _: f"{v:,.0f}")
+        ax.xaxis.set_major_formatter(ms)
+        ax.xaxis.set_minor_formatter(ms)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        better = "higher is better" if s["higher_is_better"] else "lower is better, axis flipped"
+        ax.set(xlabel="train step (ms, log scale)", ylabel=f"test {s['metric']} ({better})",
                title=f"{task}: {s['minutes']:g} min per model\n(marker area: memory rise in training)")
+        ax.margins(0.2)
         if not s["higher_is_better"]:
             ax.invert_yaxis()  # better is up in both panels
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -40,6 +40,8 @@ def test_summary_names_best_fastest_and_cheapest_budget():
     assert s["budget"]["target"] == 0.25  # 0.1 costs 5 points, 0.25 costs 0.5
     worse = [r if r["model"] != "seqboat-0.25" else {**r, "quality": 0.2} for r in ROWS]
     assert frontier.summarise({"rows": worse})["listops"]["budget"]["target"] is None
+    unbudgeted = [r for r in ROWS if not r["overrides"]]
+    assert frontier.summarise({"rows": unbudgeted})["listops"]["budget"] is None
 
 
 def test_report_and_page_sentences(tmp_path, monkeypatch):
