@@ -74,3 +74,12 @@ def test_train_one_stops_at_the_time_budget(tmp_path):
     assert out["steps"] >= 1 and out["train_minutes"] < 0.02 + 0.5  # stops after the step that crosses the cap
     assert out["step_ms"] > 0 and out["peak_rss_mib"] >= out["train_rss_mib"] >= 0
     assert 0 <= out["accuracy"] <= 1 and len(out["activation"]) == 2
+
+
+def test_table_cells_never_use_exponents():
+    from common import markdown_table, number
+
+    cells = {1022.4: "1,022", 7690.0: "7,690", 56.6: "56.6", 0.126: "0.126", 1.0: "1", 81424: "81,424", 1024: "1024",
+             0.0: "0", "-": "-"}
+    assert {v: number(v) for v in cells} == cells
+    assert markdown_table(["a", "b"], [[1580.0, 0.5]]) == "| a | b |\n|---|---|\n| 1,580 | 0.5 |\n"
