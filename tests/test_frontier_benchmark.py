@@ -57,7 +57,7 @@ def test_report_and_page_sentences(tmp_path, monkeypatch):
     spec.loader.exec_module(hooks)
     monkeypatch.setattr(hooks, "RESULTS", tmp_path)
     page = type("Page", (), {"file": type("File", (), {"src_uri": "benchmarks.md"})()})()
-    assert hooks._frontier_summary(page).startswith("*Not measured yet")
+    assert hooks._frontier_summary(page) == ""
     (tmp_path / "frontier.json").write_text(json.dumps(results))
     text = hooks.on_page_markdown("<!-- frontier-summary -->", page, None, None)
     assert "**SeqBoat-full** did the most with them (40.0% accuracy" in text
