@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine, markdown_table, matched_dim, parameter_count  # noqa: E402
+from common import RESULTS, commit, machine, markdown_table, matched_dim, parameter_count  # noqa: E402
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare"
 NAME = "frontier"
@@ -156,7 +156,7 @@ def run_isolated(spec: dict) -> dict:
         before = os.getloadavg()[0]
         subprocess.run([sys.executable, __file__, "--worker", str(spec_path), str(out_path)], check=True, env=env)
         after = os.getloadavg()[0]
-        return {**json.loads(out_path.read_text()), "load_before": before, "load_after": after}
+        return {**json.loads(out_path.read_text()), "load_before": before, "load_after": after, "commit": commit()}
 
 
 # -- the sweep ----------------------------------------------------------------------------------
@@ -295,7 +295,8 @@ def write_report(results: dict, stem: Path) -> None:
     """``<stem>.md`` (one table per task) and ``<stem>.png`` (quality against step time)."""
     env, rows = results["machine"], results["rows"]
     text = [f"# Quality against compute{' (quick smoke run)' if results.get('quick') else ''}\n",
-            f"Device: {env['device']}, torch {env['torch']}, commit {env['commit']}.\n"]
+            f"Device: {env['device']}, torch {env['torch']}, commit "
+            f"{', '.join(sorted({r.get('commit', env['commit']) for r in rows}) or [env['commit']])}.\n"]
     if rows:
         loads = [r["load_before"] for r in rows] + [r["load_after"] for r in rows]
         minutes = " / ".join(f"{m:g}" for m in sorted({r["budget_minutes"] for r in rows}))
