@@ -351,8 +351,10 @@ def plot(results: dict, path: Path) -> None:
         on = [r["model"] in s["frontier"] for r in rows]
         ax.scatter([r["step_ms"] for r in rows], [r["quality"] for r in rows], s=size, alpha=0.6,
                    c=["tab:red" if o else "tab:blue" for o in on])
-        for r in rows:
-            ax.annotate(r["label"], (r["step_ms"], r["quality"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        offsets = [(5, 5), (5, -11), (5, 15), (5, -21)]  # staggered, so neighbours' labels do not overlap
+        for i, r in enumerate(sorted(rows, key=lambda r: r["step_ms"])):
+            ax.annotate(r["label"], (r["step_ms"], r["quality"]), fontsize=8, xytext=offsets[i % len(offsets)],
+                        textcoords="offset points")
         front = sorted((r for r in rows if r["model"] in s["frontier"]), key=lambda r: r["step_ms"])
         ax.step([r["step_ms"] for r in front], [r["quality"] for r in front], where="post", color="tab:red",
                 lw=1.2, label="frontier")
@@ -363,7 +365,7 @@ def plot(results: dict, path: Path) -> None:
         ax.tick_params(axis="x", which="minor", labelsize=7)
         better = "higher is better" if s["higher_is_better"] else "lower is better, axis flipped"
         ax.set(xlabel="train step (ms, log scale)", ylabel=f"test {s['metric']} ({better})",
-               title=f"{task}: {s['minutes']:g} min per model\n(marker area: memory rise in training)")
+               title=f"{TASK_TITLES[task]}: {s['minutes']:g} min per model\n(marker area: memory rise in training)")
         ax.margins(0.2)
         if not s["higher_is_better"]:
             ax.invert_yaxis()  # better is up in both panels
