@@ -294,9 +294,9 @@ def summarise(results: dict) -> dict:
 def write_report(results: dict, stem: Path) -> None:
     """``<stem>.md`` (one table per task) and ``<stem>.png`` (quality against step time)."""
     env, rows = results["machine"], results["rows"]
+    commits = ", ".join(sorted({r.get("commit", env["commit"]) for r in rows}) or [env["commit"]])
     text = [f"# Quality against compute{' (quick smoke run)' if results.get('quick') else ''}\n",
-            f"Device: {env['device']}, torch {env['torch']}, commit "
-            f"{', '.join(sorted({r.get('commit', env['commit']) for r in rows}) or [env['commit']])}.\n"]
+            f"Device: {env['device']}, torch {env['torch']}, commit {commits}.\n"]
     if rows:
         loads = [r["load_before"] for r in rows] + [r["load_after"] for r in rows]
         minutes = " / ".join(f"{m:g}" for m in sorted({r["budget_minutes"] for r in rows}))
