@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 from pathlib import Path
@@ -48,10 +49,36 @@ def write(name: str, payload: dict, table: str) -> Path:
     return path
 
 
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    def fmt(v):
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
+def number(v) -> str:
+    """A table cell: floats to 3 significant digits without an exponent (``1,020``, not
+    ``1.02e+03``); integers of 10,000 and more with thousands separators."""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10_000 else str(v)
+    if not isinstance(v, float) or not math.isfinite(v):
+        return str(v)
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if v == 0 or abs(v) >= 1e-4 else f"{v:.1e}"
 
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(number(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+# -- models matched by parameter count -------------------------------------------------
+
+
+def parameter_count(info, model_cfg: dict) -> int:
+    """Parameters of the model a recipe's ``[model]`` table builds for dataset ``info``."""
+    from smakit.train.build import build_model
+
+    return sum(p.numel() for p in build_model(info, model_cfg).parameters())
+
+
+def matched_dim(info, model_cfg: dict, target: int) -> int:
+    """The ``dim`` (multiple of 8) whose parameter count is closest to ``target``."""
+    return min(range(16, 513, 8), key=lambda d: abs(parameter_count(info, {**model_cfg, "dim": d}) - target))

@@ -21,9 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from smakit.train import load_recipe, run  # noqa: E402
-from smakit.train.build import build_datasets, build_model  # noqa: E402
+from smakit.train.build import build_datasets  # noqa: E402
 
-from common import RESULTS, machine, markdown_table  # noqa: E402
+from common import RESULTS, machine, markdown_table, matched_dim, parameter_count  # noqa: E402
 
 MODELS = {"SeqBoat": "seqboat", "SeqBoat-full": "seqboat_full", "Mega-chunk": "mega_chunk",
           "EMA-only": "ema_only", "Transformer": "transformer"}
@@ -31,20 +31,10 @@ TASKS = {"listops": "seqboat-listops", "charlm": "seqboat-charlm"}
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare"
 
 
-def count(info, model_cfg) -> int:
-    return sum(p.numel() for p in build_model(info, model_cfg).parameters())
-
-
-def matched_dim(info, model_cfg: dict, target: int) -> int:
-    """The ``dim`` (multiple of 8) whose parameter count is closest to ``target``."""
-    best = min(range(16, 513, 8), key=lambda d: abs(count(info, {**model_cfg, "dim": d}) - target))
-    return best
-
-
 def bench_task(task: str, steps: int | None, data_overrides: dict) -> list[dict]:
     base = load_recipe(TASKS[task], "cpu", data_overrides)
     info = build_datasets(base.data)["train"].info
-    target = count(info, base.model)
+    target = parameter_count(info, base.model)
     rows = []
     for label, variant in MODELS.items():
         overrides = {**data_overrides, "model.variant": variant}
@@ -66,31 +56,27 @@ def bench_task(task: str, steps: int | None, data_overrides: dict) -> list[dict]
     return rows
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--task", default="all", choices=["all", *TASKS])
-    parser.add_argument("--steps", type=int, default=None, help="override the preset's max_steps")
-    parser.add_argument("--text", default=str(SHAKESPEARE), help="text file/folder for char-LM")
-    args = parser.parse_args()
-    tasks = list(TASKS) if args.task == "all" else [args.task]
-    rows = []
-    for task in tasks:
-        data = {"data.path": args.text} if task == "charlm" else {}
-        rows += bench_task(task, args.steps, data)
-    env = machine()
+def report(rows: list[dict], env: dict, tasks: list[str], note: str = "") -> str:
+    """Write ``quality.{json,md,png}`` from the measured rows; returns the Markdown."""
     table = f"# Quality: same parameter and training budget\n\nDevice: {env['device']}, commit {env['commit']}\n\n"
-    table += markdown_table(
-        ["task", "model", "params", "steps", "minutes", "test accuracy", "test bpc", "activation per layer"],
-        [[r["task"], r["model"], r["parameters"], r["steps"], r["minutes"], r["accuracy"],
-          r["bpc"] if r["bpc"] is not None else "-",
-          " ".join(f"{a:.2f}" for a in r["activation"]) if r["activation"] else "-"] for r in rows])
     majority = {r["task"]: r["majority"] for r in rows if r["majority"] is not None}
-    for task, acc in majority.items():
-        table += f"\nMajority-class baseline on {task}: {acc:.4f}\n"
-    table += ("\nMinutes are wall time; the models ran one after another, so they compare only on a "
-              "machine with nothing else running.\n")
+    for task in tasks:
+        lm = task == "charlm"
+        table += f"## {task}\n\n" + markdown_table(
+            ["model", "params", "steps", "minutes", "test acc.", *(["test bpc"] if lm else []), "activation"],
+            [[r["model"], r["parameters"], r["steps"], r["minutes"], r["accuracy"], *([r["bpc"]] if lm else []),
+              " ".join(f"{a:.2f}" for a in r["activation"]) if r["activation"] else "-"]
+             for r in rows if r["task"] == task]) + "\n"
+        if task in majority:
+            table += f"Majority-class baseline: {majority[task]:.4f} test accuracy.\n\n"
+    table += ("Minutes are wall time; the models ran one after another, so they compare only on a "
+              "machine with nothing else running. Activation: the fraction of tokens each routed "
+              "layer ran its attention on (test split).\n")
+    if note:
+        table += f"\n{note}\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps({"machine": env, "rows": rows}, indent=2))
+    payload = {"machine": env, "rows": rows, **({"note": note} if note else {})}
+    (RESULTS / "quality.json").write_text(json.dumps(payload, indent=2))
     (RESULTS / "quality.md").write_text(table)
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -104,7 +90,27 @@ def main():
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(RESULTS / "quality.png", dpi=110)
-    print(table)
+    return table
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--task", default="all", choices=["all", *TASKS])
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's max_steps")
+    parser.add_argument("--text", default=str(SHAKESPEARE), help="text file/folder for char-LM")
+    parser.add_argument("--from-json", action="store_true", help="rewrite the table and plot from quality.json")
+    args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads((RESULTS / "quality.json").read_text())
+        tasks = list(dict.fromkeys(r["task"] for r in saved["rows"]))
+        print(report(saved["rows"], saved["machine"], tasks, saved.get("note", "")))
+        return
+    tasks = list(TASKS) if args.task == "all" else [args.task]
+    rows = []
+    for task in tasks:
+        data = {"data.path": args.text} if task == "charlm" else {}
+        rows += bench_task(task, args.steps, data)
+    print(report(rows, machine(), tasks))
 
 
 if __name__ == "__main__":

@@ -199,10 +199,9 @@ def main():
              f"{payload['machine']['device']}, torch {payload['machine']['torch']}, commit {payload['machine']['commit']}; "
              f"D={D}, B={B}, window={W}, causal, one layer, fwd+bwd"
              f"{', glibc keeps freed memory (--malloc-keep)' if args.malloc_keep else ''}.\n",
-             markdown_table(["L", "wall ms", "x vs first", "CPU ms", "x vs first", "of which sys ms", "peak MiB",
-                             "x vs first", "attn ratio", "avg span"],
-                            [[r["L"], r["ms"], r["ms"] / first["ms"], r["cpu_ms"], r["cpu_ms"] / first["cpu_ms"],
-                              r["sys_ms"], r["peak_mib"], r["peak_mib"] / first["peak_mib"], r["ratio"], r["span"]] for r in scaling]),
+             markdown_table(["L", "wall ms", "CPU ms", "of which sys", "peak MiB", "attn ratio", "avg span"],
+                            [[r["L"], r["ms"], r["cpu_ms"], r["sys_ms"], r["peak_mib"], r["ratio"], r["span"]]
+                             for r in scaling]),
              f"\nDecode (step, B={B}): " + ", ".join(f"{d['ms']:.3f} ms/token wall ({d['cpu_ms']:.3f} CPU) after {n}"
                                                      for n, d in decode.items())
              + f"; ratio {payload['decode_ratio']:.2f}x wall, {payload['decode_cpu_ratio']:.2f}x CPU.\n",

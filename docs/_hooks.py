@@ -13,6 +13,9 @@ results on the Benchmarks page.
   ``PATH`` is dotted; ``key[field=value]`` picks the list item whose ``field`` equals
   ``value``; a name applied to a list maps over it. ``FORMAT`` is a format spec, optionally
   after ``min:`` or ``max:`` to reduce a list (``{{ results.ops_cpu.ops.speedup | max:.1f }}``).
+* ``<!-- frontier-summary -->`` becomes plain sentences about ``benchmarks/results/frontier.json``
+  (written by ``benchmarks/frontier.py``): per task, the best model at equal wall-clock
+  time, the fastest step, the frontier and the cheapest SeqBoat budget.
 * Every image under ``benchmarks/results/`` is published at ``benchmarks/results/<name>``,
   so pages link to the plots the scripts wrote, not to copies.
 * A line ``<!-- results: NAME -->`` in a page is replaced by
@@ -97,9 +100,8 @@ def _demote(markdown: str) -> str:
 def _results(name: str, optional: bool, page) -> str:
     table = RESULTS / f"{name}.md"
     if not table.is_file() and optional:
-        return (f'!!! note "Not measured yet"\n    The benchmark script that writes '
-                f"`benchmarks/results/{name}.md` has not been run here yet (see the commands above); "
-                "this page shows the file on the next build.")
+        return (f"*No published results yet for `{name}` (see [Running the benchmarks]"
+                f"(#running-the-benchmarks)).*")
     if not table.is_file():
         log.warning("%s: benchmarks/results/%s.md not found", page.file.src_uri, name)
         return f"*Results `{name}` not found.*"
@@ -177,10 +179,57 @@ def _value(match: re.Match, page) -> str:
         return match.group(0)
 
 
+FRONTIER_MARKER = "<!-- frontier-summary -->"
+TASK_NAMES = {"listops": "ListOps", "charlm": "Char-LM (Shakespeare, 1,024-byte sequences)"}
+
+
+def _score(value: float, metric: str) -> str:
+    return f"{value:.1%} accuracy" if metric == "accuracy" else f"{value:.3f} bits per byte"
+
+
+def _margin(value: float, metric: str) -> str:
+    return f"{value * 100:g} accuracy points" if metric == "accuracy" else f"{value:g} bits per byte"
+
+
+def _frontier_summary(page) -> str:
+    """Sentences read from ``frontier.json``: which model did the most with the same minutes."""
+    path = RESULTS / "frontier.json"
+    if not path.is_file():
+        return ""  # the results-optional marker below says so
+    data = json.loads(path.read_text())
+    lines = []
+    if data.get("quick"):
+        log.warning("%s: benchmarks/results/frontier.json holds a --quick smoke run", page.file.src_uri)
+    for task, s in data.get("summary", {}).items():
+        metric, best, fast = s["metric"], s["best"], s["fastest"]
+        text = (f"- **{TASK_NAMES.get(task, task)}**, {s['minutes']:g} minutes per model: "
+                f"**{best['label']}** did the most with them ({_score(best['quality'], metric)}, "
+                f"{best['steps']:,} steps of {best['step_ms']:,.0f} ms)")
+        if s.get("runner_up"):
+            text += f", ahead of {s['runner_up']['label']} ({_score(s['runner_up']['quality'], metric)})"
+        text += "."
+        if fast["model"] != best["model"]:
+            text += (f" The fastest step was {fast['label']}'s ({fast['step_ms']:,.0f} ms, "
+                     f"{_score(fast['quality'], metric)}).")
+        text += f" On the frontier, from fast to accurate: {s['frontier_text']}."
+        budget = s.get("budget")
+        if budget and budget.get("target") is not None:
+            activation = " / ".join(f"{a:.2f}" for a in budget["activation"] or [])
+            text += (f" The smallest SeqBoat budget within {_margin(s['small_cost'], metric)} of the free router is "
+                     f"{budget['target']:g} (realised activation {activation}; "
+                     f"{_score(budget['quality'], metric)} against {_score(budget['free_quality'], metric)}).")
+        elif budget:
+            text += f" No SeqBoat budget came within {_margin(s['small_cost'], metric)} of the free router."
+        lines.append(text)
+    return "\n".join(lines)
+
+
 def on_page_markdown(markdown, page, config, files):
     markdown = VALUE.sub(lambda m: _value(m, page), markdown)
     if RECIPES_MARKER in markdown:
         markdown = markdown.replace(RECIPES_MARKER, _recipes_table(page))
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, _cli_reference())
+    if FRONTIER_MARKER in markdown:
+        markdown = markdown.replace(FRONTIER_MARKER, _frontier_summary(page))
     return MARKER.sub(lambda m: _results(m.group("name"), bool(m.group("optional")), page), markdown)

@@ -87,7 +87,8 @@ class RelativePositionBias(nn.Module):
         >>> bias(torch.tensor([0, 1, 100, 5000])).shape
         torch.Size([4])
         >>> q, k = torch.tensor([[3, 9]]), torch.tensor([[0, 3, 9]])
-        >>> bias.masked(q[..., None], k[..., None, :], q[..., None] < k[..., None, :], fill=-1e9).shape
+        >>> future = q[..., None] < k[..., None, :]
+        >>> bias.masked(q[..., None], k[..., None, :], future, fill=-1e9).shape
         torch.Size([1, 2, 3])
     """
 
