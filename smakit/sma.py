@@ -194,8 +194,7 @@ class SparseModularActivation(nn.Module):
             raise ValueError(f"density_mode must be one of {DENSITY_MODES}, got {density_mode!r}")
         if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float)) or z_loss < 0:
             raise ValueError(f"z_loss must be a float >= 0 (its weight), got {z_loss!r}")
-        if density_target is not None:
-            check_density_target(density_target, len(modules))
+        targets = None if density_target is None else check_density_target(density_target, len(modules))
         self.dim, self.layout, self.backend = dim, layout, backend
         self.route_dim = dim if route_dim is None else route_dim
         self.compaction_capacity, self.eval_capacity = compaction_capacity, eval_capacity
@@ -207,6 +206,9 @@ class SparseModularActivation(nn.Module):
         self.experts = nn.ModuleDict(modules)
         self.router = _make_router(router, self.route_dim, len(modules), capacity, router_kwargs, budget)
         self._declared = {name: _declared(m) for name, m in self.experts.items()}
+        # the target of a loss-mode budget, made once (the controller holds its own); not saved
+        loss_target = None if targets is None or density_mode == "controller" else torch.tensor(targets)
+        self.register_buffer("_loss_target", loss_target, persistent=False)
         self.stats: RoutingStats | None = None
         self.aux_loss: Tensor | None = None
 
@@ -294,8 +296,8 @@ class SparseModularActivation(nn.Module):
         ratio = counts.sum(-1).float() / torch.as_tensor(n_real, device=ran.device).clamp(min=1)
         budget = getattr(self.router, "budget", None)
         target = getattr(budget, "target", None)
-        if target is None and self.density_target is not None:
-            target = torch.tensor(check_density_target(self.density_target, len(self.experts)), device=ran.device)
+        if target is None and self._loss_target is not None:
+            target = self._loss_target.float()
         bias = None if budget is None else budget.bias.detach().clone()
         self.stats = RoutingStats(list(self.experts.keys()), ratio, counts, ran, routing.gate.detach(), target, bias)
         losses = []
