@@ -87,15 +87,21 @@ def test_gpt2_training_step(gpt2):
     assert 0 < ratio.item() < 1  # really sparse: some tokens skipped, some routed
 
 
+def greedy_cached_equals_uncached(model, prompt, new_tokens=8):
+    """Greedy ``generate`` with and without the KV cache; asserts they agree, returns it."""
+    cached = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, use_cache=True)
+    uncached = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    return cached
+
+
 def test_gpt2_greedy_generation_with_kv_cache_equals_without(gpt2):
     """The threshold router is causal (each token decides alone), so cached decoding, one token
     at a time (L = 1), routes exactly as the full forward."""
     sma_wrap(gpt2, "transformer.h.*.mlp")
     ids = torch.randint(1, 61, (2, 5))
     with torch.no_grad():
-        cached = gpt2.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True)
-        uncached = gpt2.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False)
-        assert torch.equal(cached, uncached)
+        cached = greedy_cached_equals_uncached(gpt2, ids)
         # and the logits agree step by step
         full = gpt2(cached).logits
         ratios = [a.sma.stats.ratio.item() for a in adapters(gpt2)]
@@ -272,9 +278,7 @@ def test_hf_decoder_with_causal_topk_generates_cached_equals_uncached(family):
     model.eval()
     prompt = ids[:, :5]
     with torch.no_grad():
-        cached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
-        uncached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
-        assert torch.equal(cached, uncached)
+        cached = greedy_cached_equals_uncached(model, prompt)
         logits = model(cached).logits
         ratios = [a.sma.stats.ratio.item() for a in adapters(model)]
         assert any(0 < r < 1 for r in ratios), ratios  # really sparse
