@@ -91,11 +91,10 @@ class HybridSMA(SequenceModel):
 
     Each layer: ``x = x + sma({"attention", "mlp", "conv"})(norm(x))`` with a causal
     threshold router over the four options (skip included). Attention and convolution run
-    over the tokens routed to them, in order, with their original positions.
+    over the tokens routed to them, in order, with their original positions. The arguments
+    not listed below (``vocab_size`` ... ``tie_embeddings``) are those of :class:`SMATransformer`.
 
     Args:
-        vocab_size, input_dim, dim, depth, n_classes, lm, heads, causal, mlp_hidden, pooling,
-            tie_embeddings: as :class:`SMATransformer`.
         kernel_size (int, optional): convolution width. Default: 4 when causal, else 3.
         **sma_options: :func:`smakit.sma` options.
 
