@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from smakit.models import SeqBoat  # noqa: E402
+from smakit.models import SeqBoat, Transformer  # noqa: E402
 
 from common import RESULTS, machine, markdown_table, write  # noqa: E402
 
@@ -86,8 +86,10 @@ class FixedRatioRouter(nn.Module):
         return dataclasses.replace(routing, active=active, gate=gate)
 
 
-def make_model(variant: str, ratio: float | None = None) -> SeqBoat:
+def make_model(variant: str, ratio: float | None = None) -> nn.Module:
     torch.manual_seed(0)
+    if variant == "transformer":  # the dense baseline (what SeqBoat(variant="transformer") built)
+        return Transformer(**{k: SHAPES[k] for k in ("vocab_size", "dim", "depth", "n_classes", "causal")})
     model = SeqBoat(variant=variant, **SHAPES)
     if ratio is not None:
         for layer in model.layers:
@@ -104,7 +106,7 @@ def make_batch(B: int, L: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     return tokens * mask, mask, torch.randint(0, SHAPES["n_classes"], (B,), generator=g)
 
 
-def train_step(model: SeqBoat, batch) -> None:
+def train_step(model: nn.Module, batch) -> None:
     tokens, mask, labels = batch
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(tokens, mask), labels).backward()

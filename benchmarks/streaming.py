@@ -10,7 +10,7 @@ Three byte-level decoders at the CPU-preset char-LM size (``dim=64``, two layers
 * ``gpt2-sma-topk``: a Hugging Face GPT-2 built from a config, every MLP behind
   ``sma_wrap(..., router="topk", capacity=0.5, causal_predictor=True)``; prefill is its
   forward with ``use_cache=True``, decode one token with the KV cache.
-* ``transformer``: ``SeqBoat(variant="transformer")``, which has no cache: ``generate``
+* ``transformer``: :class:`~smakit.models.Transformer`, which has no cache: ``generate``
   re-runs the forward on the whole sequence for each new token.
 
 All times are medians (``torch.utils.benchmark``, warm-up first) measured in one process,
@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
-from smakit.models import SeqBoat, generate  # noqa: E402
+from smakit.models import SeqBoat, Transformer, generate  # noqa: E402
 
 from common import RESULTS, machine, markdown_table, time_ms, write  # noqa: E402
 
@@ -45,10 +45,11 @@ NEW_TOKENS = 32
 GENERATE_UNCACHED_UP_TO = 1024  # the cacheless transformer's generate is 32 forwards: measured up to here
 
 
-def seqboat(variant: str) -> SeqBoat:
+def seqboat(variant: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    opts = dict(SIZE) if variant != "transformer" else dict(dim=64, depth=2, heads=4, ffn_hidden=128)
-    return SeqBoat(vocab_size=VOCAB, lm=True, variant=variant, **opts).eval()
+    if variant == "transformer":
+        return Transformer(vocab_size=VOCAB, lm=True, dim=64, depth=2, heads=4, mlp_hidden=128).eval()
+    return SeqBoat(vocab_size=VOCAB, lm=True, variant=variant, **SIZE).eval()
 
 
 def gpt2_topk(max_len: int):

@@ -120,10 +120,18 @@ def test_step_rejects_bidirectional():
 # models
 
 
+def seqboat(**kw):
+    """``SeqBoat(**kw)``; the deprecated transformer variant must warn."""
+    if kw.get("variant") != "transformer":
+        return SeqBoat(**kw)
+    with pytest.warns(FutureWarning, match="smakit.models.Transformer"):
+        return SeqBoat(**kw)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lm_variants_forward_and_decode(variant):
     torch.manual_seed(4)
-    model = SeqBoat(vocab_size=40, dim=16, depth=2, lm=True, variant=variant, window=4, qk_dim=8, ema_ndim=2,
+    model = seqboat(vocab_size=40, dim=16, depth=2, lm=True, variant=variant, window=4, qk_dim=8, ema_ndim=2,
                     heads=2, ffn_hidden=24).eval()
     tokens = torch.randint(0, 40, (2, 19))
     with torch.no_grad():
@@ -148,7 +156,7 @@ def test_lm_variants_forward_and_decode(variant):
 @pytest.mark.parametrize("pooling", ["mean", "last", "max"])
 def test_classifier_padding_aware(variant, pooling):
     torch.manual_seed(5)
-    model = SeqBoat(input_dim=3, dim=16, depth=2, n_classes=4, variant=variant, window=3, qk_dim=8, ema_ndim=2,
+    model = seqboat(input_dim=3, dim=16, depth=2, n_classes=4, variant=variant, window=3, qk_dim=8, ema_ndim=2,
                     heads=2, pooling=pooling).eval()
     lengths = torch.tensor([13, 6])
     mask = torch.arange(13) < lengths[:, None]

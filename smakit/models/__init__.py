@@ -1,10 +1,12 @@
-"""Models built from smakit parts: SeqBoat and its variants, routed transformers, generation."""
+"""Models built from smakit parts: one :class:`SequenceModel` backbone, and SeqBoat, the
+Transformer baseline and the routed transformers built on it; generation."""
 
-from .baselines import FeedForwardBlock, TransformerLayer
+from ..modules import SelfAttention  # noqa: F401  (its former home; documented in smakit.modules)
+from .backbone import SequenceModel
 from .generation import generate
-from .model import VARIANTS, SeqBoat
-from .seqboat import SeqBoatLayer
-from .sma_transformer import HybridSMA, SelfAttention, SMATransformer
+from .routed_transformers import HybridSMA, SMATransformer
+from .seqboat import VARIANTS, SeqBoat, SeqBoatLayer
+from .transformer import FeedForwardBlock, Transformer, TransformerLayer
 
-__all__ = ["FeedForwardBlock", "HybridSMA", "SMATransformer", "SelfAttention", "SeqBoat", "SeqBoatLayer",
-           "TransformerLayer", "VARIANTS", "generate"]
+__all__ = ["FeedForwardBlock", "HybridSMA", "SMATransformer", "SeqBoat", "SeqBoatLayer", "SequenceModel",
+           "Transformer", "TransformerLayer", "VARIANTS", "generate"]

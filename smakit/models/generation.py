@@ -39,8 +39,8 @@ def generate(
     """Sample a continuation of ``prompt [B, T]`` from a language model.
 
     When the model decodes (``supports_step``), the prompt is read in one parallel
-    :meth:`~smakit.models.SeqBoat.prefill` and each new token costs one ``O(1)``
-    :meth:`~smakit.models.SeqBoat.step`; otherwise the full forward re-runs on the growing
+    :meth:`~smakit.models.SequenceModel.prefill` and each new token costs one ``O(1)``
+    :meth:`~smakit.models.SequenceModel.step`; otherwise the full forward re-runs on the growing
     sequence.
 
     Args:

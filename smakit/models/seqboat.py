@@ -1,6 +1,9 @@
-"""The SeqBoat layer: an EMA state space model that routes tokens to a local gated attention unit."""
+"""SeqBoat: the layer (an EMA state space model that routes tokens to a local gated attention
+unit) and the model (a stack of them with an embedding and a head)."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -10,8 +13,11 @@ from .._utils import default, exists
 from ..modules import LocalGatedAttention, MultiHeadEMA
 from ..sma import sma
 from ..streaming import ema_final_state
+from .backbone import SequenceModel
+from .transformer import FeedForwardBlock, TransformerLayer
 
 MODES = ("sparse", "always", "none")
+VARIANTS = ("seqboat", "seqboat_full", "mega_chunk", "ema_only", "transformer")
 
 
 class SeqBoatLayer(nn.Module):
@@ -257,3 +263,114 @@ class SeqBoatLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, causal={self.causal}, mode={self.mode!r}, prenorm={self.prenorm}"
+
+
+class SeqBoat(SequenceModel):
+    """A stack of SeqBoat layers (or an ablation variant) with an embedding and a head.
+
+    A :class:`~smakit.models.SequenceModel` of :class:`SeqBoatLayer` s. Input is either
+    token ids ``[B, L]`` (``vocab_size``) or features ``[B, L, C]`` (``input_dim``). With
+    ``n_classes`` the model pools the last hidden states over real tokens into
+    ``[B, n_classes]`` logits; with ``lm=True`` it returns ``[B, L, vocab_size]``.
+
+    Variants, all from the same parts: ``"seqboat"`` (routed local attention),
+    ``"seqboat_full"`` (attention on every token), ``"mega_chunk"`` (attention within fixed
+    chunks of ``chunk`` tokens, no router) and ``"ema_only"``. ``"transformer"`` (full
+    attention + MLP per layer, no SeqBoat layer) is deprecated: use
+    :class:`~smakit.models.Transformer` (same layers and parameters).
+
+    Args:
+        vocab_size (int, optional): token vocabulary (token input and/or LM head).
+        input_dim (int, optional): feature size ``C`` for float inputs.
+        dim (int): model size. Default: 128.
+        depth (int): number of layers. Default: 4.
+        n_classes (int, optional): classification head size.
+        lm (bool): language-model head over ``vocab_size``. Default: ``False``.
+        causal (bool, optional): causal layers. Default: ``lm``.
+        variant (str): one of the variants above. Default: ``"seqboat"``.
+        window (int): attention window in routed tokens. Default: 128.
+        chunk (int, optional): chunk size of ``mega_chunk``. Default: ``window``.
+        qk_dim (int): query/key size. Default: 64.
+        value_dim (int, optional): GAU value size. Default: ``2 * dim``.
+        attention (str): ``"softmax"`` or ``"relu2"``. Default: ``"softmax"``.
+        ema_ndim (int): EMA state dimensions. Default: 16.
+        ffn_hidden (int, optional): add a residual MLP after each SeqBoat layer. Default: ``None``.
+        heads (int): heads of the (deprecated) transformer variant. Default: 4.
+        pooling (str): ``"mean"``, ``"last"`` or ``"max"`` over real tokens. Default: ``"mean"``.
+        dropout (float): dropout. Default: 0.0.
+        tie_embeddings (bool): share the LM head with the token embedding. Default: ``False``.
+        **layer_kwargs: further :class:`SeqBoatLayer` options (``prenorm``, ``truncation``,
+            ``max_distance``, ``straight_through``, ``density_target``, ...). A list
+            ``density_target`` gives one target per routed layer.
+
+    Shape:
+        - inputs: ``[B, L]`` int64 or ``[B, L, C]`` float; mask: ``[B, L]`` bool
+        - output: ``[B, n_classes]`` or ``[B, L, vocab_size]``
+
+    Examples::
+
+        >>> model = SeqBoat(vocab_size=100, dim=32, depth=2, lm=True, window=8,
+        ...                 qk_dim=16)
+        >>> model(torch.randint(0, 100, (2, 12))).shape
+        torch.Size([2, 12, 100])
+        >>> clf = SeqBoat(input_dim=3, dim=32, depth=2, n_classes=5, window=8, qk_dim=16)
+        >>> clf(torch.randn(2, 12, 3), mask=torch.ones(2, 12, dtype=torch.bool)).shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(
+        self,
+        vocab_size: int | None = None,
+        input_dim: int | None = None,
+        dim: int = 128,
+        depth: int = 4,
+        n_classes: int | None = None,
+        lm: bool = False,
+        causal: bool | None = None,
+        variant: str = "seqboat",
+        window: int = 128,
+        chunk: int | None = None,
+        qk_dim: int = 64,
+        value_dim: int | None = None,
+        attention: str = "softmax",
+        ema_ndim: int = 16,
+        ffn_hidden: int | None = None,
+        heads: int = 4,
+        pooling: str = "mean",
+        dropout: float = 0.0,
+        tie_embeddings: bool = False,
+        **layer_kwargs,
+    ):
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if variant == "transformer":
+            warnings.warn("SeqBoat(variant='transformer') is deprecated and will be removed in 0.3; use "
+                          "smakit.models.Transformer (mlp_hidden= for ffn_hidden=), which has the same layers",
+                          FutureWarning, stacklevel=2)
+        causal = default(causal, lm)
+        targets = layer_kwargs.pop("density_target", None)
+        if not isinstance(targets, (list, tuple)):
+            targets = [targets] * depth
+        elif len(targets) != depth:
+            raise ValueError(f"density_target must be a float or a list of {depth} (one per layer), got {targets!r}")
+
+        def layers():  # made after the embedding (the initialisation order of seeded runs)
+            for i in range(depth):
+                if variant == "transformer":
+                    yield TransformerLayer(dim, heads, causal, ffn_hidden, dropout)
+                    continue
+                mode = {"seqboat": "sparse", "ema_only": "none"}.get(variant, "always")
+                chunked = variant == "mega_chunk"
+                yield SeqBoatLayer(dim, causal=causal, window=default(chunk, window) if chunked else window,
+                                   qk_dim=qk_dim, value_dim=value_dim, attention=attention, mode=mode,
+                                   chunked=chunked, ema_ndim=ema_ndim, dropout=dropout,
+                                   density_target=targets[i], **layer_kwargs)
+                if exists(ffn_hidden):
+                    yield FeedForwardBlock(dim, ffn_hidden, dropout=dropout)
+
+        super().__init__(layers(), dim, vocab_size=vocab_size, input_dim=input_dim, n_classes=n_classes, lm=lm,
+                         causal=causal, pooling=pooling, tie_embeddings=tie_embeddings)
+        self.variant, self.depth = variant, depth
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant!r}, " + super().extra_repr()

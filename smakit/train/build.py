@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 
 from torch import nn
@@ -27,9 +28,10 @@ def build_model(info: DatasetInfo, model_cfg: dict) -> nn.Module:
     """The model named by ``model_cfg["arch"]`` (default ``"seqboat"``), sized for ``info``.
 
     ``arch = "seqboat"`` builds :class:`smakit.models.SeqBoat` (its ``variant`` key picks
-    SeqBoat, SeqBoat-full, Mega-chunk, EMA-only or the Transformer baseline);
-    ``"sma_transformer"`` and ``"hybrid"`` build the routed transformers of
-    :mod:`smakit.models.sma_transformer`.
+    SeqBoat, SeqBoat-full, Mega-chunk or EMA-only; ``variant = "transformer"`` builds the
+    baseline :class:`smakit.models.Transformer` with the same layers, so every baseline
+    recipe differs from SeqBoat's in that one key); ``"sma_transformer"`` and ``"hybrid"``
+    build the routed transformers of :mod:`smakit.models.routed_transformers`.
     """
     from ..models import HybridSMA, SeqBoat, SMATransformer
 
@@ -45,4 +47,21 @@ def build_model(info: DatasetInfo, model_cfg: dict) -> nn.Module:
     builders = {"seqboat": SeqBoat, "sma_transformer": SMATransformer, "hybrid": HybridSMA}
     if arch not in builders:
         raise ValueError(f"model.arch must be one of {sorted(builders)}, got {arch!r}")
+    if arch == "seqboat" and cfg.get("variant") == "transformer":
+        return transformer_baseline(io, cfg)
     return builders[arch](**io, **cfg)
+
+
+def transformer_baseline(io: dict, seqboat_cfg: dict) -> nn.Module:
+    """:class:`smakit.models.Transformer` from a SeqBoat ``[model]`` table with
+    ``variant = "transformer"``: the keys it shares (``dim``, ``depth``, ``heads``, ``causal``,
+    ``pooling``, ``dropout``, ``tie_embeddings``; ``ffn_hidden`` as ``mlp_hidden``) and none
+    of SeqBoat's own (``window``, ``qk_dim``, ...), exactly what ``SeqBoat(variant="transformer")``
+    used."""
+    from ..models import Transformer
+
+    shared = set(inspect.signature(Transformer).parameters) - {"mlp_hidden"}
+    opts = {k: v for k, v in seqboat_cfg.items() if k in shared}
+    if seqboat_cfg.get("ffn_hidden") is not None:
+        opts["mlp_hidden"] = seqboat_cfg["ffn_hidden"]
+    return Transformer(**io, **opts)

@@ -17,8 +17,7 @@ PATH_KEYS = ("path", "root", "cache_dir")  # data keys that name files: stored r
 
 
 def _option_sources(arch: str) -> list:
-    from ..models import HybridSMA, SeqBoat, SMATransformer
-    from ..models.model import SeqBoatLayer
+    from ..models import HybridSMA, SeqBoat, SeqBoatLayer, SMATransformer
     from ..routing import ThresholdRouter, TopKRouter
     from ..sma import SparseModularActivation
 
