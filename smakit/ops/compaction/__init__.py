@@ -51,10 +51,11 @@ def compress(
         active (Tensor): bool ``[B, L]``, True where the token is routed to the module.
         slots (int, optional): fixed slots per row ``K``. Tokens past a row's ``K``-th
             active one are dropped: they get no slot and :func:`extract` gives them exact
-            zeros, as if skipped (``counts`` and ``packed.kept()`` show what was kept). The padded layout then needs no host sync (CUDA graphs,
-            ``fullgraph=True``). With ``None``, ``K`` is the longest row (at least 1), which
-            costs one host sync. In the flat layout it caps each row the same way, but
-            ``N`` stays data dependent. Default: ``None``.
+            zeros, as if skipped (``counts`` and ``packed.kept()`` show what was kept). The
+            padded layout then needs no host sync (CUDA graphs, ``fullgraph=True``). With
+            ``None``, ``K`` is the longest row (at least 1), which costs one host sync. In
+            the flat layout it caps each row the same way, but ``N`` stays data dependent.
+            Default: ``None``.
         layout (str): ``"padded"`` gives ``values [B, K, D]`` with right-padded rows;
             ``"flat"`` gives ``values [N, D]``, no padding, for pointwise modules.
             Default: ``"padded"``.
