@@ -14,7 +14,7 @@ import smakit.ops.compaction as compaction
 import smakit.ops.compaction.layout as layout_mod
 import smakit.routing.threshold as threshold_mod
 import smakit.routing.topk as topk_mod
-from smakit import Routing, ThresholdRouter, TopKRouter, sma
+from smakit import Compacted, Routing, ThresholdRouter, TopKRouter, sma
 from smakit.ops import build_index, compress
 
 sma_mod = importlib.import_module("smakit.sma")  # the attribute smakit.sma is the function
@@ -67,6 +67,10 @@ def test_compacted_old_attribute_names_warn_and_work():
     with pytest.warns(FutureWarning, match=r"Compacted\.kept\(\)"):
         packed.active = None  # the old way to drop the flags: kept() rebuilds them
     assert torch.equal(packed.kept(), active & (active.cumsum(1) <= 3))
+    with pytest.warns(FutureWarning, match=r"Compacted\(kept=\)"):
+        by_hand = Compacted(packed.values, packed.mask, packed.positions, packed.counts, None,
+                            packed.scatter_index, packed.seq_len, packed.layout, active=packed.kept())
+    assert torch.equal(by_hand.kept(), packed.kept())
 
 
 # routing: Routing.slots

@@ -34,7 +34,9 @@ class Compacted:
         seq_len (int): ``L``, the original sequence length.
         layout (str): ``"padded"`` or ``"flat"``.
 
-    The tokens that got a slot (routed, less any dropped by ``slots``) are :meth:`kept`.
+    The tokens that got a slot (routed, less any dropped by ``slots``) are :meth:`kept`; the
+    op passes them as ``kept`` (the Triton backend finds slots from them), and a record built
+    by hand without them rebuilds them from ``scatter_index``.
 
     Examples::
 
@@ -53,7 +55,17 @@ class Compacted:
     layout: str
     # the kept flags when the op produced them (the Triton backend finds slots from them with a
     # prefix sum); None when built by hand: kept() rebuilds them from scatter_index
-    _kept: Tensor | None = field(default=None, repr=False)
+    _kept: Tensor | None = field(default=None, init=False, repr=False)
+
+    def __init__(self, values: Tensor | None, mask: Tensor, positions: Tensor, counts: Tensor,
+                 batch_index: Tensor | None, scatter_index: Tensor, seq_len: int, layout: str,
+                 kept: Tensor | None = None, *, active: Tensor | None = None):
+        if active is not None:  # the old keyword for the kept flags
+            warn_renamed("Compacted(active=)", "Compacted(kept=)")
+            kept = active if kept is None else kept
+        self.values, self.mask, self.positions, self.counts = values, mask, positions, counts
+        self.batch_index, self.scatter_index, self.seq_len, self.layout = batch_index, scatter_index, seq_len, layout
+        self._kept = kept
 
     @property
     def batch_size(self) -> int:
