@@ -70,7 +70,7 @@ def bench_dispatch(B, L, D):
 
     def step():
         x.grad = gate.grad = None
-        packed = compress(x, active, capacity=max(L // 2, 1))
+        packed = compress(x, active, slots=max(L // 2, 1))
         extract(packed.values, packed, gate).backward(grad)
 
     # thread CPU time, best of 20 interleaved blocks: the overhead is pure CPU work, and this

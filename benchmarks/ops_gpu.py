@@ -3,7 +3,7 @@
 Compared in one run, on the same inputs:
 
 * ``copy``           a device-to-device copy of ``B*L*D`` elements: the physical limit,
-* ``triton``         smakit ``backend="triton"`` with a static capacity ``K`` (no host sync),
+* ``triton``         smakit ``backend="triton"`` with a fixed ``slots=K`` (no host sync),
 * ``triton-graph``   the same replayed as a CUDA graph (``do_bench_cudagraph``): no Python or
   launch overhead, so this is the kernels' own bandwidth when the eager call is CPU bound,
 * ``triton-dyn``     the same with ``K`` = longest row (one host sync, compress forward only),
@@ -99,13 +99,13 @@ class Case:
 def smakit_ops(case: Case, backend: str, static: bool) -> dict:
     cap = case.k if static else None
     x = case.x.detach().requires_grad_()
-    packed = compress(x, case.active, capacity=cap, backend=backend)
+    packed = compress(x, case.active, slots=cap, backend=backend)
     h = packed.values.detach().requires_grad_()
     gate = case.gate.detach().requires_grad_()
     y = extract(h, packed, gate, backend=backend)
     frozen = packed.values.detach()
     return {
-        "compress_fwd": lambda: compress(case.x, case.active, capacity=cap, backend=backend),
+        "compress_fwd": lambda: compress(case.x, case.active, slots=cap, backend=backend),
         "compress_bwd": lambda: torch.autograd.grad(packed.values, x, case.grad_values, retain_graph=True),
         "extract_fwd": lambda: extract(frozen, packed, case.gate, backend=backend),
         "extract_bwd": lambda: torch.autograd.grad(y, (h, gate), case.grad_out, retain_graph=True),
@@ -184,7 +184,7 @@ def torch_scatter_ops(case: Case) -> dict:
         import torch_scatter
     except ImportError:
         return {}
-    packed = compress(case.x, case.active, capacity=case.k, backend="torch")
+    packed = compress(case.x, case.active, slots=case.k, backend="torch")
     B, L, D = case.B, case.L, case.D
     index = packed.scatter_index.unsqueeze(1).expand(-1, D)  # padding slots go to the dump row B*L
     h = packed.values.reshape(-1, D)

@@ -208,7 +208,7 @@ def sma_wrap(model: nn.Module, pattern: str | list[str], *, dim: int | None = No
     name segment and ``**`` any number (``"transformer.h.*.mlp"`` is every GPT-2 block's MLP,
     ``"layers.*"`` every layer of an ``nn.TransformerEncoder``). A match inside an already
     matched submodule is left alone. The model is changed in place; load pretrained weights
-    before wrapping (the wrapped parameters move under ``<name>.sma.experts.0``).
+    before wrapping (the wrapped parameters move under ``<name>.sma.routed_modules.0``).
 
     Args:
         model (nn.Module): the model to change in place.

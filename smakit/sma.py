@@ -19,8 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .ops import Compacted, compress, extract
+from ._deprecation import warn_renamed
+from .ops import Compacted, extract
+from .ops.compaction import _compress
+from .ops.compaction.layout import _compact_like
 from .routing import Routing, ThresholdRouter, TopKRouter, capacity_slots
+from .routing.base import check_route_input
 from .routing.budget import check_density_target
 from .streaming import _check_output, sma_init_state, sma_prefill, sma_step
 
@@ -67,10 +71,21 @@ class RoutingStats:
         return dict(zip(self.names, self.ratio.tolist()))
 
 
-def _check_capacity(c, name: str) -> None:
-    ok = c is None or (isinstance(c, int) and not isinstance(c, bool) and c >= 1) or (isinstance(c, float) and 0 < c <= 1)
-    if not ok:
-        raise ValueError(f"{name} must be a positive int (slots per row) or a float in (0, 1] (fraction of L), got {c!r}")
+def _slot_budget_options(slots, capacity, kind: str) -> tuple[int | None, float | None]:
+    """``({kind}_slots, {kind}_capacity)`` checked; an int capacity is the old spelling of slots."""
+    s_name, c_name = f"{kind}_slots", f"{kind}_capacity"
+    if isinstance(capacity, int) and not isinstance(capacity, bool) and capacity >= 1:
+        if slots is not None:
+            raise ValueError(f"give {s_name} alone, not also an int {c_name} (its old spelling)")
+        warn_renamed(f"an int {c_name} (a slot count)", f"{s_name}", stacklevel=4)
+        slots, capacity = capacity, None
+    if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or slots < 1):
+        raise ValueError(f"{s_name} must be a positive int (slots per row), got {slots!r}")
+    if capacity is not None and (not isinstance(capacity, float) or not 0 < capacity <= 1):
+        raise ValueError(f"{c_name} must be a fraction of the row in (0, 1], got {capacity!r}")
+    if slots is not None and capacity is not None:
+        raise ValueError(f"give {s_name} (slots per row) or {c_name} (a fraction of the row), not both")
+    return slots, capacity
 
 
 def _make_router(router, dim: int, num_modules: int, capacity: float | None, router_kwargs: dict,
@@ -82,7 +97,8 @@ def _make_router(router, dim: int, num_modules: int, capacity: float | None, rou
         return router
     if router == "threshold":
         if capacity is not None:
-            raise ValueError("capacity applies to router='topk'; for 'threshold' use compaction_capacity")
+            raise ValueError("capacity applies to router='topk'; for 'threshold' use compaction_slots "
+                             "or compaction_capacity")
         return ThresholdRouter(dim, num_modules, **router_kwargs, **budget)
     if budget:
         raise ValueError("density_mode='controller' needs router='threshold' (top-k has a fixed capacity); "
@@ -118,13 +134,14 @@ class SparseModularActivation(nn.Module):
         route_dim (int, optional): feature size of ``route_on`` when it differs from ``dim``.
         layout (str): ``"padded"`` (``[B, K, D]`` with mask and positions, for sequence
             modules) or ``"flat"`` (``[N, D]``, for pointwise modules). Default: ``"padded"``.
-        compaction_capacity (int or float, optional): fixed slots per row for the threshold
-            router (routed tokens past the row's last slot are dropped), so no host sync is
-            needed: an int is a slot count, a float in ``(0, 1)`` a fraction of ``L``
-            (``ceil(c * L)`` slots). Default: ``None``.
-        eval_capacity (int or float, optional): the same, used instead of
-            ``compaction_capacity`` outside training mode: a fixed compute budget at
-            inference. Default: ``None``.
+        compaction_slots (int, optional): fixed slots per row for the threshold router
+            (routed tokens past the row's last slot are dropped), so no host sync is needed.
+            Default: ``None``.
+        compaction_capacity (float, optional): the same as a fraction of the row in
+            ``(0, 1]``: ``ceil(c * L)`` slots. Give at most one of the two. Default: ``None``.
+        eval_slots (int, optional): used instead of the ``compaction_*`` budget outside
+            training mode: a fixed compute budget at inference. Default: ``None``.
+        eval_capacity (float, optional): the same as a fraction of the row. Default: ``None``.
         density_target (float or list[float], optional): wanted fraction of real tokens per
             module (one value, or one per module). Default: ``None`` (free routing).
         density_mode (str): how the target is held. ``"controller"``: a bias on each module's
@@ -144,7 +161,8 @@ class SparseModularActivation(nn.Module):
 
     Attributes:
         router (nn.Module): the router.
-        experts (nn.ModuleDict): the routed modules by name (``"0"`` for a single module).
+        routed_modules (nn.ModuleDict): the routed modules by name (``"0"`` for a single
+            module). ``experts`` is its deprecated name; checkpoints with ``experts.*`` keys load.
         stats (RoutingStats or None): statistics of the last forward.
         aux_loss (Tensor or None): the density loss and z-loss of the last forward, if requested.
 
@@ -171,8 +189,10 @@ class SparseModularActivation(nn.Module):
         capacity: float | None = None,
         route_dim: int | None = None,
         layout: str = "padded",
-        compaction_capacity: int | float | None = None,
-        eval_capacity: int | float | None = None,
+        compaction_slots: int | None = None,
+        compaction_capacity: float | None = None,
+        eval_slots: int | None = None,
+        eval_capacity: float | None = None,
         density_target: float | list[float] | None = None,
         density_mode: str = "controller",
         density_weight: float = 1.0,
@@ -188,8 +208,9 @@ class SparseModularActivation(nn.Module):
             raise TypeError("modules must be an nn.Module or a non-empty dict of nn.Modules")
         if layout not in ("padded", "flat"):
             raise ValueError(f"layout must be 'padded' or 'flat', got {layout!r}")
-        _check_capacity(compaction_capacity, "compaction_capacity")
-        _check_capacity(eval_capacity, "eval_capacity")
+        compaction_slots, compaction_capacity = _slot_budget_options(
+            compaction_slots, compaction_capacity, "compaction")
+        eval_slots, eval_capacity = _slot_budget_options(eval_slots, eval_capacity, "eval")
         if density_mode not in DENSITY_MODES:
             raise ValueError(f"density_mode must be one of {DENSITY_MODES}, got {density_mode!r}")
         if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float)) or z_loss < 0:
@@ -197,15 +218,19 @@ class SparseModularActivation(nn.Module):
         targets = None if density_target is None else check_density_target(density_target, len(modules))
         self.dim, self.layout, self.backend = dim, layout, backend
         self.route_dim = dim if route_dim is None else route_dim
-        self.compaction_capacity, self.eval_capacity = compaction_capacity, eval_capacity
+        self.compaction_slots, self.compaction_capacity = compaction_slots, compaction_capacity
+        self.eval_slots, self.eval_capacity = eval_slots, eval_capacity
         self.density_target, self.density_mode, self.density_weight = density_target, density_mode, density_weight
         self.z_loss = float(z_loss)
         budget = {}
         if density_target is not None and density_mode == "controller":
             budget = {"density_target": density_target, "density_rate": density_rate}
-        self.experts = nn.ModuleDict(modules)
+        self.routed_modules = nn.ModuleDict(modules)
         self.router = _make_router(router, self.route_dim, len(modules), capacity, router_kwargs, budget)
-        self._declared = {name: _declared(m) for name, m in self.experts.items()}
+        self._declared = {name: _declared(m) for name, m in self.routed_modules.items()}
+        # smakit's routers skip their input checks when told: forward checks once for both
+        self._router_validates = ("validate" in inspect.signature(self.router.forward).parameters
+                                  and isinstance(getattr(self.router, "dim", None), int))
         # the target of a loss-mode budget, made once (the controller holds its own); not saved
         loss_target = None if targets is None or density_mode == "controller" else torch.tensor(targets)
         self.register_buffer("_loss_target", loss_target, persistent=False)
@@ -215,25 +240,41 @@ class SparseModularActivation(nn.Module):
     @property
     def module(self) -> nn.Module:
         """The routed module, when there is exactly one."""
-        if len(self.experts) != 1:
-            raise AttributeError("this SparseModularActivation routes to several modules; use .experts")
-        return next(iter(self.experts.values()))
+        if len(self.routed_modules) != 1:
+            raise AttributeError("this SparseModularActivation routes to several modules; use .routed_modules")
+        return next(iter(self.routed_modules.values()))
+
+    @property
+    def experts(self) -> nn.ModuleDict:
+        """Deprecated: :attr:`routed_modules`."""
+        warn_renamed("SparseModularActivation.experts", "SparseModularActivation.routed_modules")
+        return self.routed_modules
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        old = prefix + "experts."  # checkpoints from before the rename to routed_modules
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict.setdefault(prefix + "routed_modules." + key[len(old):], state_dict.pop(key))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _check_inputs(self, x: Tensor, mask: Tensor | None, route_on: Tensor | None, extra: dict) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a Tensor of shape [B, L, {self.dim}], got {type(x).__name__}")
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must have shape [B, L, {self.dim}], got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}")
+        """The one check of a forward's inputs (the router and the compaction do not repeat it)."""
+        check_route_input(x, mask, self.dim, "x")
         if route_on is not None and (not isinstance(route_on, Tensor) or route_on.dim() != 3
                                      or tuple(route_on.shape[:2]) != tuple(x.shape[:2])):
             shape = tuple(route_on.shape) if isinstance(route_on, Tensor) else type(route_on).__name__
             raise ValueError(f"route_on must have shape [B, L, D_r] with [B, L] = {tuple(x.shape[:2])}, got {shape}")
+        if self._router_validates and (route_on is not None or self.router.dim != self.dim):
+            check_route_input(x if route_on is None else route_on, None, self.router.dim, "route_on")
         for name, t in extra.items():
             if not isinstance(t, Tensor) or t.dim() < 2 or tuple(t.shape[:2]) != tuple(x.shape[:2]):
                 shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
                 raise ValueError(f"{name} must have shape [B, L, ...] with [B, L] = {tuple(x.shape[:2])}, got {shape}")
+
+    def _route(self, route_on: Tensor, mask: Tensor | None = None) -> Routing:
+        """The router on inputs already checked (through ``__call__``, so hooks run)."""
+        if self._router_validates:
+            return self.router(route_on, mask, validate=False)
+        return self.router(route_on, mask)
 
     def forward(
         self,
@@ -258,29 +299,42 @@ class SparseModularActivation(nn.Module):
             Tensor ``[B, L, D_out]`` (and the :class:`Routing` when ``return_routing``).
         """
         self._check_inputs(x, mask, route_on, extra)
-        routing = self.router(x if route_on is None else route_on, mask)
-        capacity = routing.capacity if routing.capacity is not None else self._slots(x.shape[1])
+        routing = self._route(x if route_on is None else route_on, mask)
+        slots = routing.slots if routing.slots is not None else self._slot_budget(x.shape[1])
         out, kept = None, []
-        drops = routing.capacity is None and capacity is not None  # a fixed K may drop routed tokens
-        for m, (name, module) in enumerate(self.experts.items()):
-            packed = compress(x, routing.active[m], capacity=capacity, layout=self.layout, backend=self.backend)
+        drops = routing.slots is None and slots is not None  # a fixed K may drop routed tokens
+        for m, (name, module) in enumerate(self.routed_modules.items()):
+            packed = _compress(x, routing.active[m], slots, self.layout, self.backend)
             h = module(packed.values, **self._module_kwargs(name, packed, extra))
             _check_output(name, h)
-            y = extract(h, packed, routing.gate[m], backend=self.backend)
+            y = extract(h, packed, routing.gate[m], backend=self.backend)  # checks h, the module's output
             out = y if out is None else out + y
             if drops:
                 kept.append(packed.kept())
         self._record(routing, torch.stack(kept) if drops else routing.active)
         return (out, routing) if return_routing else out
 
-    def _slots(self, seq_len: int) -> int | None:
-        """Slots per row of the threshold router: ``eval_capacity`` outside training, else
-        ``compaction_capacity``; a float is a fraction of ``seq_len``."""
-        c = self.compaction_capacity if self.training or self.eval_capacity is None else self.eval_capacity
-        return capacity_slots(c, seq_len) if isinstance(c, float) else c
+    def _slot_budget(self, seq_len: int | None) -> int | None:
+        """Slots per row for the threshold router's compaction (``None``: no cap).
+
+        Outside training the ``eval_*`` budget when one is set, else the ``compaction_*`` one;
+        a capacity is ``capacity_slots(c, seq_len)``. Decoding (``seq_len=None``: one token
+        at a time, the length unknown) can honour slots only. Forward and :meth:`step` both
+        read the budget here.
+        """
+        use_eval = not self.training and (self.eval_slots is not None or self.eval_capacity is not None)
+        slots, capacity = ((self.eval_slots, self.eval_capacity) if use_eval
+                           else (self.compaction_slots, self.compaction_capacity))
+        if capacity is None:
+            return slots
+        if seq_len is None:
+            kind = "eval" if use_eval else "compaction"
+            raise ValueError(f"{kind}_capacity={capacity} is a fraction of the whole length, which step() cannot "
+                             f"know token by token; give the budget as {kind}_slots (a slot count)")
+        return capacity_slots(capacity, seq_len)
 
     def _module_kwargs(self, name: str, packed: Compacted, extra: dict) -> dict:
-        kwargs = {k: packed.compact(t, backend=self.backend) for k, t in extra.items()}
+        kwargs = {k: _compact_like(t, packed, self.backend) for k, t in extra.items()}
         declared = self._declared[name]
         if "mask" in declared:
             kwargs["mask"] = packed.mask
@@ -299,7 +353,7 @@ class SparseModularActivation(nn.Module):
         if target is None and self._loss_target is not None:
             target = self._loss_target.float()
         bias = None if budget is None else budget.bias.detach().clone()
-        self.stats = RoutingStats(list(self.experts.keys()), ratio, counts, ran, routing.gate.detach(), target, bias)
+        self.stats = RoutingStats(list(self.routed_modules.keys()), ratio, counts, ran, routing.gate.detach(), target, bias)
         losses = []
         if self.density_target is not None and self.density_mode != "controller":
             st = self.density_mode == "straight_through"
@@ -321,13 +375,13 @@ class SparseModularActivation(nn.Module):
         """One token ``x [B, D]`` -> ``(y [B, D_out], state)``, equal to :meth:`forward` at that position.
 
         The router decides from the token alone (it must be causal); the token counts against
-        ``compaction_capacity`` per row as in the forward; each routed module runs its
+        the slot budget (``compaction_slots``/``eval_slots``) per row as in the forward; each routed module runs its
         ``step`` (or, if pointwise, its forward on the token).
 
         Examples::
 
             >>> gau = LocalGatedAttention(16, window=4, qk_dim=8)
-            >>> layer = sma(gau, dim=16, compaction_capacity=3).eval()
+            >>> layer = sma(gau, dim=16, compaction_slots=3).eval()
             >>> x = torch.randn(2, 9, 16)
             >>> state = layer.init_state(2)
             >>> ys = []

@@ -19,8 +19,9 @@ and, optionally, for a parallel prefill,
 
 The router must be causal (each token decides alone): :class:`~smakit.ThresholdRouter`, or
 :class:`~smakit.TopKRouter` with ``causal_predictor=True`` in eval mode. The slot budget
-``compaction_capacity`` is counted per row across steps, so a token past the budget is
-dropped exactly as in the forward.
+(``compaction_slots``, or ``eval_slots`` in eval mode) is counted per row across steps, so a
+token past the budget is dropped exactly as in the forward. A budget given as a capacity (a
+fraction of the whole length) cannot be honoured token by token: ``step`` refuses it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import compress
+from .ops.compaction import _compress
+from .ops.compaction.layout import _compact_like
 
 __all__ = ["ema_final_state", "sma_init_state", "sma_prefill", "sma_step"]
 
@@ -61,9 +63,9 @@ def sma_init_state(layer, batch_size: int, device=None, dtype=None) -> dict:
         raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
     param = next(layer.parameters(), None)
     device = device if device is not None else (param.device if param is not None else None)
-    M = len(layer.experts)
+    M = len(layer.routed_modules)
     caches = {name: m.init_cache(batch_size, device=device, dtype=dtype) if _streams(m) else None
-              for name, m in layer.experts.items()}
+              for name, m in layer.routed_modules.items()}
     return {"pos": torch.zeros(batch_size, dtype=torch.long, device=device),
             "used": torch.zeros(M, batch_size, dtype=torch.long, device=device),
             "cache": caches}
@@ -83,19 +85,25 @@ def _check_step_inputs(layer, x: Tensor, state: dict, route_on: Tensor | None) -
                                  or route_on.shape[0] != x.shape[0]):
         shape = tuple(route_on.shape) if isinstance(route_on, Tensor) else type(route_on).__name__
         raise ValueError(f"route_on must have shape [B, D_r] with B = {x.shape[0]}, got {shape}")
+    if layer._router_validates:  # the router skips its own check
+        r, dim = (x if route_on is None else route_on), layer.router.dim
+        if r.shape[-1] != dim:
+            raise ValueError(f"route_on must have shape [B, {dim}], got {tuple(r.shape)}")
+        if not r.is_floating_point():
+            raise TypeError(f"route_on must be a floating tensor, got dtype {r.dtype}")
 
 
 def sma_step(layer, x: Tensor, state: dict, route_on: Tensor | None = None, **extra: Tensor) -> tuple[Tensor, dict]:
     """One token through ``layer`` (see :meth:`SparseModularActivation.step`)."""
     _check_step_inputs(layer, x, state, route_on)
     _check_causal(layer)
-    routing = layer.router((x if route_on is None else route_on).unsqueeze(1))
+    routing = layer._route((x if route_on is None else route_on).unsqueeze(1))
     active, gate = routing.active[:, :, 0], routing.gate[:, :, 0]  # [M, B]
-    slots = _step_slots(layer)
-    if routing.capacity is None and slots is not None:
+    slots = layer._slot_budget(None)
+    if routing.slots is None and slots is not None:
         active = active & (state["used"] < slots)  # the forward drops these too
     pos, out, caches = state["pos"], None, {}
-    for m, (name, module) in enumerate(layer.experts.items()):
+    for m, (name, module) in enumerate(layer.routed_modules.items()):
         if _streams(module):
             y, caches[name] = module.step(x, pos, state["cache"][name], update=active[m], **extra)
         else:
@@ -105,15 +113,6 @@ def sma_step(layer, x: Tensor, state: dict, route_on: Tensor | None = None, **ex
         y = torch.where(active[m].unsqueeze(-1), y * gate[m].to(y.dtype).unsqueeze(-1), 0.0)
         out = y if out is None else out + y
     return out, {"pos": pos + 1, "used": state["used"] + active.long(), "cache": caches}
-
-
-def _step_slots(layer) -> int | None:
-    """The slot budget per row the forward would apply (``eval_capacity`` outside training)."""
-    c = layer.compaction_capacity if layer.training or layer.eval_capacity is None else layer.eval_capacity
-    if isinstance(c, float):
-        raise ValueError(f"a slot budget given as a fraction ({c}) depends on the whole length, so step() "
-                         "cannot honour it token by token; give compaction_capacity/eval_capacity as a slot count")
-    return c
 
 
 def _pointwise(layer, name: str, module: nn.Module, x: Tensor, active: Tensor, pos: Tensor, extra: dict) -> Tensor:
@@ -139,15 +138,15 @@ def sma_prefill(layer, x: Tensor, route_on: Tensor | None = None, **extra: Tenso
     if L == 0:
         return y, state
     ran = layer.stats.active  # [M, B, L]: routed and given a slot
-    for m, (name, module) in enumerate(layer.experts.items()):
+    for m, (name, module) in enumerate(layer.routed_modules.items()):
         if not _streams(module):
             continue
-        packed = compress(x, ran[m], layout="padded", backend=layer.backend)
+        packed = _compress(x, ran[m], None, "padded", layer.backend)
         if callable(getattr(module, "prefill_cache", None)) and not extra:
             state["cache"][name] = module.prefill_cache(packed.values, packed.mask, packed.positions)
             continue
         cache = state["cache"][name]
-        more = {k: packed.compact(t, backend=layer.backend) for k, t in extra.items()}
+        more = {k: _compact_like(t, packed, layer.backend) for k, t in extra.items()}
         for j in range(packed.values.shape[1]):  # fallback: step through the routed tokens
             _, cache = module.step(packed.values[:, j], packed.positions[:, j].clamp(min=0), cache,
                                    update=packed.mask[:, j], **{k: t[:, j] for k, t in more.items()})

@@ -201,9 +201,9 @@ def test_z_loss_goes_through_aux_losses():
 
 # a fixed slot budget at inference
 
-@pytest.mark.parametrize("capacity,slots", [(3, 3), (0.25, 4)])
-def test_eval_capacity_caps_slots_outside_training(capacity, slots):
-    layer = sma(MLP(D, 16), dim=D, eval_capacity=capacity, density_target=0.5)
+@pytest.mark.parametrize("budget,slots", [({"eval_slots": 3}, 3), ({"eval_capacity": 0.25}, 4)])
+def test_eval_budget_caps_slots_outside_training(budget, slots):
+    layer = sma(MLP(D, 16), dim=D, **budget, density_target=0.5)
     layer.router.budget.bias.fill_(50.0)  # everything routed
     x = torch.randn(2, 16, D)
     layer(x)
@@ -295,8 +295,8 @@ def test_ddp_ranks_apply_the_global_update(tmp_path):
 def test_controller_compiles_fullgraph_and_matches_eager():
     """With a static capacity the update needs no host sync: no graph break, same bias."""
     torch.manual_seed(0)
-    eager = sma(MLP(D, 16), dim=D, density_target=0.3, compaction_capacity=6)
-    layer = sma(MLP(D, 16), dim=D, density_target=0.3, compaction_capacity=6)
+    eager = sma(MLP(D, 16), dim=D, density_target=0.3, compaction_slots=6)
+    layer = sma(MLP(D, 16), dim=D, density_target=0.3, compaction_slots=6)
     layer.load_state_dict(eager.state_dict())
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     for _ in range(3):

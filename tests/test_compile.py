@@ -1,6 +1,6 @@
 """``torch.compile`` traces compaction and ``sma`` without graph breaks.
 
-Static capacity (a fixed ``K``) needs no host sync, so it compiles with ``fullgraph=True``
+A fixed number of slots (``slots=K``) needs no host sync, so it compiles with ``fullgraph=True``
 under the default config. The dynamic modes (``K`` = longest row, the flat layout) have a
 data-dependent size: their op reports an unbacked size, so ``fullgraph=True`` (or
 ``torch._dynamo.config.capture_dynamic_output_shape_ops = True``) compiles them whole; under
@@ -42,9 +42,9 @@ def assert_compiled_matches_eager(fn, args, params, backend="aot_eager", atol=1e
     return compiled
 
 
-def compress_extract(layout, capacity, backend="torch"):
+def compress_extract(layout, slots, backend="torch"):
     def fn(x, active, gate):
-        packed = compress(x, active, capacity=capacity, layout=layout, backend=backend)
+        packed = compress(x, active, slots=slots, layout=layout, backend=backend)
         h = torch.tanh(packed.values) * 2.0
         return extract(h, packed, gate, backend=backend)
     return fn
@@ -57,7 +57,7 @@ def inputs(B=2, L=13, D=6, seed=0):
     return x, torch.rand(B, L, generator=g) < 0.5, gate
 
 
-def test_static_capacity_has_no_graph_break():
+def test_fixed_slots_have_no_graph_break():
     fn = compress_extract("padded", 4)
     x, active, gate = inputs()
     assert graph_breaks(fn, x, active, gate) == 0
@@ -91,12 +91,12 @@ def test_sma_topk_compiles_fullgraph_with_inductor():
     assert_compiled_matches_eager(layer, (x,), [x, *layer.parameters()], backend="inductor")
 
 
-@pytest.mark.parametrize("options", [{}, {"compaction_capacity": 5}, {"layout": "flat"}],
+@pytest.mark.parametrize("options", [{}, {"compaction_slots": 5}, {"layout": "flat"}],
                          ids=["dynamic", "static", "flat"])
 def test_sma_threshold_compiles_fullgraph(options):
     layer = sma(make_mlp(16), dim=16, router="threshold", **options)
     x = torch.randn(2, 11, 16, requires_grad=True)
-    if options.get("compaction_capacity"):
+    if options.get("compaction_slots"):
         assert graph_breaks(layer, x) == 0
     else:
         with capture_dynamic:
@@ -113,6 +113,6 @@ def test_triton_backend_compiles():
     if not triton_usable(device):
         pytest.skip("the Triton kernels cannot run here (no GPU and no TRITON_INTERPRET=1)")
     x, active, gate = (t.detach().to(device).requires_grad_(t.requires_grad) for t in inputs(B=2, L=9, D=5))
-    for layout, capacity in [("padded", 3), ("padded", None)]:
-        fn = compress_extract(layout, capacity, backend="triton")
+    for layout, slots in [("padded", 3), ("padded", None)]:
+        fn = compress_extract(layout, slots, backend="triton")
         assert_compiled_matches_eager(fn, (x, active, gate), [x, gate])

@@ -58,7 +58,7 @@ def test_generated_trees_follow_the_rules(min_len, max_len):
     assert len({tuple(t) for t in tokens}) == len(tokens) == 300
     for ids, label in zip(tokens, labels):
         assert min_len < len(ids) < max_len
-        assert lo.evaluate(ids) == label
+        assert lo.evaluate_listops(ids) == label
         deepest, arg_counts = structure(ids)
         assert deepest <= lo.MAX_DEPTH - 1  # operators only above the depth cap
         assert all(2 <= n <= lo.MAX_ARGS for n in arg_counts)
@@ -95,8 +95,8 @@ def test_too_narrow_range_raises():
     ("[MIN [SM 5 5 ] 3 ]", 0),
     ("4", 4),
 ])
-def test_evaluate(text, value):
-    assert lo.evaluate(text) == value
+def test_evaluate_listops(text, value):
+    assert lo.evaluate_listops(text) == value
     assert lo.detokenize(lo.tokenize(text)) == text
 
 
@@ -104,14 +104,14 @@ def test_tokenize_drops_lra_parentheses_and_bad_input():
     assert lo.tokenize("( ( [MAX 2 ) 9 ) ]") == lo.tokenize("[MAX 2 9 ]")
     assert lo.VOCAB_SIZE == 16 and lo.VOCAB[lo.PAD_ID] == "<pad>"
     with pytest.raises(ValueError):
-        lo.evaluate("[MAX 2 9")
+        lo.evaluate_listops("[MAX 2 9")
 
 
 def test_read_lra_tsv(tmp_path):
     f = tmp_path / "basic_test.tsv"
     f.write_text("Source\tTarget\n( ( [SM 3 ) 4 ) ]\t7\n[MIN 2 5 ]\t2\n")
     tokens, labels = lo.read_lra_tsv(f)
-    assert labels == [7, 2] and [lo.evaluate(t) for t in tokens] == labels
+    assert labels == [7, 2] and [lo.evaluate_listops(t) for t in tokens] == labels
 
 
 SMALL = {"num_train": 60, "num_val": 10, "num_test": 10, "min_len": 20, "max_len": 80, "seed": 1}
@@ -130,7 +130,7 @@ def test_dataset_splits_cache_and_collate(tmp_path, monkeypatch):
         for i in range(len(ds)):
             x, y = ds[i]
             assert x.dtype == torch.int64 and y.dtype == torch.int64 and y.dim() == 0
-            assert 20 < x.shape[0] < 80 and lo.evaluate(x) == int(y)
+            assert 20 < x.shape[0] < 80 and lo.evaluate_listops(x) == int(y)
             seen.add(tuple(x.tolist()))
     assert len(seen) == 80  # no tree in two splits
     assert splits["test"].info.max_len == 79 and splits["test"].info.variable_length

@@ -7,7 +7,7 @@ import torch
 
 from smakit.data import (
     ListOps,
-    evaluate,
+    evaluate_listops,
     generate_listops,
     listops,
     load_lra_split,
@@ -60,7 +60,7 @@ def test_listops_from_lra_files_matches_the_files(tmp_path):
         ds = ListOps(split, path=tmp_path / "listops-1000", cache_dir=tmp_path / "cache")
         assert len(ds) == len(labels) and ds.targets.tolist() == labels
         assert [ds[i][0].tolist() for i in range(len(ds))] == tokens
-        assert all(evaluate(x) == int(y) for x, y in ds)
+        assert all(evaluate_listops(x) == int(y) for x, y in ds)
         assert ds.info.max_len == max(map(len, tokens)) and ds.info.num_classes == 10
     assert len(list((tmp_path / "cache").glob("lra-*.pt"))) == 3
 

@@ -96,8 +96,14 @@ def test_topk_capacity_inside_unit_interval(capacity):
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "4"])
 def test_bad_compaction_capacity(value):
-    with pytest.raises(ValueError, match=f"compaction_capacity must be a positive int .*got {value!r}"):
+    with pytest.raises(ValueError, match=rf"compaction_capacity must be a fraction of the row in \(0, 1\], got {value!r}"):
         sma(linear(), dim=D, compaction_capacity=value)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.0, True, "4"])
+def test_bad_compaction_slots(value):
+    with pytest.raises(ValueError, match=rf"compaction_slots must be a positive int \(slots per row\), got {value!r}"):
+        sma(linear(), dim=D, compaction_slots=value)
 
 
 def test_bad_options():
@@ -185,7 +191,7 @@ def test_fuzz_sma_shapes_and_masks(case):
     B, L, dim, mask, router, layout, sequence, capacity, slots, seed = case
     torch.manual_seed(seed)
     module = SeqModule(dim) if sequence else nn.Linear(dim, dim)
-    options = {"capacity": capacity} if router == "topk" else {"compaction_capacity": slots}
+    options = {"capacity": capacity} if router == "topk" else {"compaction_slots": slots}
     layer = sma(module, dim=dim, router=router, layout=layout, **options)
     with torch.no_grad():
         layer.router.proj.bias.normal_(std=2.0)  # vary the routed fraction
@@ -200,7 +206,7 @@ def test_fuzz_sma_shapes_and_masks(case):
     if slots is not None:  # a fixed number of slots drops a row's overflow
         kept = active & (active.cumsum(1) <= slots)
     if router == "topk":
-        k = routing.capacity
+        k = routing.slots
         real = torch.full((B,), L) if mask is None else mask.sum(1)
         assert active.sum(1).tolist() == real.clamp(max=k).tolist()
     assert (y[~kept] == 0).all()

@@ -78,10 +78,10 @@ def test_extract_of_compress_is_identity_on_active_tokens(active, D, layout):
 
 @settings(max_examples=60, deadline=None)
 @given(active=masks(), cap=st.integers(1, 6))
-def test_static_capacity_drops_overflow(active, cap):
+def test_fixed_slots_drop_overflow(active, cap):
     B, L = active.shape
     x = torch.randn(B, L, 2)
-    packed = compress(x, active, capacity=cap)
+    packed = compress(x, active, slots=cap)
     assert packed.values.shape == (B, cap, 2)
     for b, pos in enumerate(reference_positions(active)):
         kept = pos[:cap]
@@ -130,7 +130,7 @@ def test_torch_backend_matches_whole_op_reference(active, D, layout, cap):
     flat = layout == "flat"
     x = torch.randn(B, L, D, dtype=torch.float64, requires_grad=True)
     gate = torch.rand(B, L, dtype=torch.float64, requires_grad=True)
-    packed = compress(x, active, capacity=cap, layout=layout, backend="torch")
+    packed = compress(x, active, slots=cap, layout=layout, backend="torch")
     ref = naive.compress_reference(x, active, cap, flat)
     for name in ("values", "positions", "mask", "counts", "batch_index"):
         got, want = getattr(packed, name), ref[name]
@@ -175,10 +175,11 @@ def test_hessian_vector_product_matches_reference(layout):
 def test_build_index_is_compress_without_values():
     active = torch.rand(3, 7) > 0.5
     for layout in ("padded", "flat"):
-        index, packed = build_index(active, 2, layout), compress(torch.randn(3, 7, 2), active, capacity=2, layout=layout)
-        assert index.values is None and index.capacity == packed.capacity
-        for name in ("mask", "positions", "counts", "scatter_index", "active"):
+        index, packed = build_index(active, 2, layout), compress(torch.randn(3, 7, 2), active, slots=2, layout=layout)
+        assert index.values is None and index.slots == packed.slots
+        for name in ("mask", "positions", "counts", "scatter_index"):
             assert torch.equal(getattr(index, name), getattr(packed, name)), name
+        assert torch.equal(index.kept(), packed.kept())
 
 
 def test_gradients_match_dense_masked_computation():
@@ -262,5 +263,5 @@ def test_extract_rejects_bad_shapes():
         extract(torch.randn(2, 3, 3), packed)
     with pytest.raises(ValueError, match=r"gate must have shape \[B, L\] = \(2, 4\)"):
         extract(packed.values, packed, torch.rand(2, 5))
-    with pytest.raises(ValueError, match="capacity must be a positive int"):
-        compress(torch.randn(2, 4, 3), torch.ones(2, 4, dtype=torch.bool), capacity=0)
+    with pytest.raises(ValueError, match="slots must be a positive int"):
+        compress(torch.randn(2, 4, 3), torch.ones(2, 4, dtype=torch.bool), slots=0)

@@ -76,7 +76,7 @@ def test_topk_takes_exactly_its_capacity(L, capacity):
     r = router(torch.randn(3, L, 5))
     k = capacity_slots(capacity, L)
     assert k == max(1, math.ceil(capacity * L - 1e-9))
-    assert r.capacity == k
+    assert r.slots == k
     assert (r.active.sum(-1) == k).all()
     assert torch.allclose(r.ratio(), torch.full((2,), k / L))
 

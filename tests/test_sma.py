@@ -191,8 +191,8 @@ def test_bad_options():
         SparseModularActivation("mlp", dim=4)
 
 
-def test_stats_count_only_tokens_that_got_a_slot_under_compaction_capacity():
-    layer = sma(mlp(4), dim=4, compaction_capacity=2)
+def test_stats_count_only_tokens_that_got_a_slot_under_compaction_slots():
+    layer = sma(mlp(4), dim=4, compaction_slots=2)
     force(layer.router, active=True)
     y = layer(torch.randn(2, 6, 4))
     assert layer.stats.counts.tolist() == [[2, 2]]

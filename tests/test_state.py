@@ -173,12 +173,12 @@ def test_old_seqboat_checkpoint_with_the_attention_registered_twice_loads(varian
     model = SeqBoat(**opts).eval()
     old = {}
     for key, value in model.state_dict().items():
-        m = re.fullmatch(r"(layers\.\d+\.)attn\.(?:experts\.0\.)?((?!router\.).*)", key)
+        m = re.fullmatch(r"(layers\.\d+\.)attn\.(?:routed_modules\.0\.)?((?!router\.).*)", key)
         if m:
             old[m.group(1) + "gau." + m.group(2)] = value.clone()
             if not keep_attn:
                 continue
-        old[key] = value.clone()
+        old[key.replace(".routed_modules.", ".experts.")] = value.clone()  # the name then
     assert any(".gau." in k for k in old) and not any(".gau." in k for k in model.state_dict())
     torch.manual_seed(1)
     fresh = SeqBoat(**opts).eval()

@@ -39,11 +39,11 @@ def assert_same_state(a, b, path="state"):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=path)
 
 
-def routed_layer(router, capacity, module=None, **kw):
+def routed_layer(router, slots, module=None, **kw):
     torch.manual_seed(0)
     module = module or LocalGatedAttention(D, window=3, qk_dim=8)
     opts = {"causal_predictor": True, "capacity": 0.5} if router == "topk" else {}
-    layer = sma(module, D, router=router, compaction_capacity=capacity, **opts, **kw)
+    layer = sma(module, D, router=router, compaction_slots=slots, **opts, **kw)
     with torch.no_grad():  # route about half the tokens, so the budget and the window both bite
         r = layer.router
         if router == "topk":
@@ -53,29 +53,29 @@ def routed_layer(router, capacity, module=None, **kw):
     return layer.eval()
 
 
-@pytest.mark.parametrize("capacity", [None, 3], ids=["no-budget", "budget3"])
+@pytest.mark.parametrize("slots", [None, 3], ids=["no-budget", "budget3"])
 @pytest.mark.parametrize("router", ["threshold", "topk"])
-def test_sma_step_equals_forward_sequence_module(router, capacity):
-    layer = routed_layer(router, capacity)
+def test_sma_step_equals_forward_sequence_module(router, slots):
+    layer = routed_layer(router, slots)
     x = torch.randn(3, 23, D)
     with torch.no_grad():
         y = layer(x)
         ran = layer.stats.active[0].sum(-1)
         steps, _ = stream(layer, x)
     assert (ran > 0).all() and (ran < 23).all()
-    if capacity is not None:
-        assert (ran == capacity).all()  # the budget really dropped routed tokens
+    if slots is not None:
+        assert (ran == slots).all()  # the budget really dropped routed tokens
     torch.testing.assert_close(steps, y, rtol=1e-5, atol=1e-6)
 
 
-def test_sma_step_honours_eval_capacity_and_refuses_a_fraction():
-    layer = routed_layer("threshold", None, eval_capacity=2)
+def test_sma_step_honours_eval_slots_and_refuses_a_fraction():
+    layer = routed_layer("threshold", None, eval_slots=2)
     x = torch.randn(3, 23, D)
     with torch.no_grad():
         y = layer(x)
         assert (layer.stats.active[0].sum(-1) == 2).all()  # the inference budget bites
         torch.testing.assert_close(stream(layer, x)[0], y, rtol=1e-5, atol=1e-6)
-    layer.eval_capacity = 0.25  # a fraction of a length step() cannot know
+    layer.eval_slots, layer.eval_capacity = None, 0.25  # a fraction of a length step() cannot know
     with pytest.raises(ValueError, match="slot count"):
         stream(layer, x)
 
@@ -91,7 +91,7 @@ def test_sma_step_pointwise_module_needs_nothing(layout):
 def test_sma_several_modules_stream():
     torch.manual_seed(0)
     layer = sma({"attn": LocalGatedAttention(D, window=4, qk_dim=8), "mlp": MLP(D, 32)}, D,
-                compaction_capacity=5).eval()
+                compaction_slots=5).eval()
     x = torch.randn(2, 17, D)
     with torch.no_grad():
         y = layer(x)
@@ -100,10 +100,10 @@ def test_sma_several_modules_stream():
         assert_same_state(state, stream(layer, x)[1])
 
 
-@pytest.mark.parametrize("capacity", [None, 3])
+@pytest.mark.parametrize("slots", [None, 3])
 @pytest.mark.parametrize("router", ["threshold", "topk"])
-def test_sma_prefill_state_equals_stepping(router, capacity):
-    layer = routed_layer(router, capacity)
+def test_sma_prefill_state_equals_stepping(router, slots):
+    layer = routed_layer(router, slots)
     x = torch.randn(3, 19, D)
     with torch.no_grad():
         y, state = layer.prefill(x)
@@ -204,7 +204,7 @@ def test_topk_predictor_learns_the_decision_without_touching_the_model():
     router.eval()
     routing = router(x)
     assert router.agreement.item() > max(start, 0.9)
-    assert routing.capacity is None  # eval: the predictor routes, each token alone
+    assert routing.slots is None  # eval: the predictor routes, each token alone
     # stop-gradient: the predictor's loss reaches neither the input nor the scoring projection
     router.train()
     xr = x.clone().requires_grad_(True)

@@ -21,7 +21,7 @@ if DEVICE == "cpu":
 
 pytest.importorskip("triton")
 
-from smakit.ops import compact_like, compress, extract  # noqa: E402
+from smakit.ops import Compacted, compact_like, compress, extract  # noqa: E402
 from smakit.ops.compaction import naive  # noqa: E402
 from smakit.ops.compaction import triton as kernels  # noqa: E402
 from smakit.ops.compaction.backend import resolve  # noqa: E402
@@ -90,10 +90,10 @@ def assert_within_dtype_error(name, got, same_dtype_ref, fp32_ref, dtype):
     assert err <= 2 * ref_err + 1e-5 * scale, f"{name}: error {err:.3g} vs same-dtype PyTorch {ref_err:.3g}"
 
 
-def reference_fields(x, active, capacity, layout):
+def reference_fields(x, active, slots, layout):
     """Every field of :class:`Compacted`, from the whole-op reference."""
     B, L = active.shape
-    ref = naive.compress_reference(x, active, capacity, layout == "flat")
+    ref = naive.compress_reference(x, active, slots, layout == "flat")
     if layout == "flat":
         scatter = ref["batch_index"] * L + ref["positions"]
     else:
@@ -102,15 +102,15 @@ def reference_fields(x, active, capacity, layout):
     return {**ref, "scatter_index": scatter}
 
 
-@pytest.mark.parametrize("capacity", [None, 3], ids=["dynamic", "cap3"])
+@pytest.mark.parametrize("slots", [None, 3], ids=["dynamic", "cap3"])
 @pytest.mark.parametrize("layout", ["padded", "flat"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("B,L,D,kind", CASES, ids=IDS)
-def test_compress_matches_reference(B, L, D, kind, dtype, layout, capacity, poison):
+def test_compress_matches_reference(B, L, D, kind, dtype, layout, slots, poison):
     x = randn(B, L, D, dtype=dtype)
     active = make_active(B, L, kind)
-    got = packed_fields(compress(x, active, capacity=capacity, layout=layout, backend="triton"))
-    want = reference_fields(x, active, capacity, layout)
+    got = packed_fields(compress(x, active, slots=slots, layout=layout, backend="triton"))
+    want = reference_fields(x, active, slots, layout)
     for name, w in want.items():
         g = got[name]
         if w is None:
@@ -129,7 +129,7 @@ def pipeline_loss(y, side):
     return (y.float() * w.float()).sum() + side.float().square().sum()
 
 
-def run_pipeline(x, active, gate, extra, layout, capacity, backend):
+def run_pipeline(x, active, gate, extra, layout, slots, backend):
     """compress -> a toy module -> extract, plus compact_like, on ``backend`` (``"reference"``:
     the whole-op reference); returns outputs and gradients."""
     x = x.detach().requires_grad_()
@@ -137,12 +137,12 @@ def run_pipeline(x, active, gate, extra, layout, capacity, backend):
     gate = gate.detach().requires_grad_() if gate is not None else None
     flat = layout == "flat"
     if backend == "reference":
-        values = naive.compress_reference(x, active, capacity, flat)["values"]
-        side = naive.compress_reference(extra, active, capacity, flat)["values"]
-        kept = naive.compress_reference(x, active, capacity, flat)["kept"]
+        values = naive.compress_reference(x, active, slots, flat)["values"]
+        side = naive.compress_reference(extra, active, slots, flat)["values"]
+        kept = naive.compress_reference(x, active, slots, flat)["kept"]
         y = naive.extract_reference(toy_module(values, side), kept, gate, flat)
     else:
-        packed = compress(x, active, capacity=capacity, layout=layout, backend=backend)
+        packed = compress(x, active, slots=slots, layout=layout, backend=backend)
         side = compact_like(extra, packed, backend=backend)  # [B, K, 3] or [N, 3]
         y = extract(toy_module(packed.values, side), packed, gate, backend=backend)
     inputs = [x, extra] + ([gate] if gate is not None else [])
@@ -154,21 +154,21 @@ def run_pipeline(x, active, gate, extra, layout, capacity, backend):
 
 
 @pytest.mark.parametrize("gated", [True, False], ids=["gate", "nogate"])
-@pytest.mark.parametrize("layout,capacity", [("padded", None), ("padded", 4), ("flat", None)],
+@pytest.mark.parametrize("layout,slots", [("padded", None), ("padded", 4), ("flat", None)],
                          ids=["padded", "padded-cap4", "flat"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("B,L,D,kind", CASES[2:], ids=IDS[2:])
-def test_extract_and_gradients_match_reference(B, L, D, kind, dtype, layout, capacity, gated, poison):
+def test_extract_and_gradients_match_reference(B, L, D, kind, dtype, layout, slots, gated, poison):
     active = make_active(B, L, kind)
     x, extra = randn(B, L, D, dtype=dtype), randn(B, L, 3, dtype=dtype, seed=1)
     gate = torch.rand(B, L, generator=torch.Generator().manual_seed(2)).to(DEVICE) if gated else None
-    got = run_pipeline(x, active, gate, extra, layout, capacity, "triton")
-    same = run_pipeline(x, active, gate, extra, layout, capacity, "reference")
-    exact = run_pipeline(x.float(), active, gate, extra.float(), layout, capacity, "reference")
+    got = run_pipeline(x, active, gate, extra, layout, slots, "triton")
+    same = run_pipeline(x, active, gate, extra, layout, slots, "reference")
+    exact = run_pipeline(x.float(), active, gate, extra.float(), layout, slots, "reference")
     for name in same:
         assert got[name].shape == same[name].shape, name
         assert_within_dtype_error(name, got[name], same[name], exact[name], dtype)
-    assert (got["y"][~compress(x, active, capacity=capacity, layout=layout).kept()] == 0).all()
+    assert (got["y"][~compress(x, active, slots=slots, layout=layout).kept()] == 0).all()
 
 
 @pytest.mark.parametrize("layout", ["padded", "flat"])
@@ -227,12 +227,13 @@ def test_gradgradcheck_float64(layout):
 
 
 def test_hand_built_compacted_without_active_flags():
-    """A ``Compacted`` built without ``active`` gets its kept flags from the scatter index."""
+    """A ``Compacted`` built without kept flags rebuilds them from the scatter index."""
     B, L, D = 2, 11, 5
     active = make_active(B, L, "mixed")
     x = randn(B, L, D)
     packed = compress(x, active, backend="torch")
-    packed.active = None
+    packed = Compacted(packed.values, packed.mask, packed.positions, packed.counts, packed.batch_index,
+                       packed.scatter_index, packed.seq_len, packed.layout)
     gate = torch.rand(B, L).to(DEVICE)
     torch.testing.assert_close(extract(packed.values, packed, gate, backend="triton"),
                                extract(packed.values, packed, gate, backend="torch"))
@@ -264,9 +265,9 @@ def test_long_rows_on_gpu(B, L, D, dtype):
     active = torch.rand(B, L, device=DEVICE) < 0.5
     x = torch.randn(B, L, D, device=DEVICE, dtype=dtype)
     gate = torch.rand(B, L, device=DEVICE)
-    for layout, capacity in [("padded", None), ("padded", L // 3), ("flat", None)]:
-        got = compress(x, active, capacity=capacity, layout=layout, backend="triton")
-        want = compress(x, active, capacity=capacity, layout=layout, backend="torch")
+    for layout, slots in [("padded", None), ("padded", L // 3), ("flat", None)]:
+        got = compress(x, active, slots=slots, layout=layout, backend="triton")
+        want = compress(x, active, slots=slots, layout=layout, backend="torch")
         for name, w in packed_fields(want).items():
             assert w is None or torch.equal(packed_fields(got)[name], w), name
         torch.testing.assert_close(extract(got.values, got, gate, backend="triton"),

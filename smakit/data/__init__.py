@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch  # noqa: F401  (used by the docstring example)
 from torch.utils.data import Dataset
 
+from .._deprecation import warn_renamed
 from .audio import SpokenDigits, read_wav
 from .base import (
     DatasetInfo,
@@ -38,7 +39,7 @@ from .images import PixelSequence, read_idx
 from .listops import (
     ListOps,
     detokenize,
-    evaluate,
+    evaluate_listops,
     generate_listops,
     read_lra_tsv,
     tokenize,
@@ -85,6 +86,13 @@ def build_dataset(name: str, split: str = "train", **options) -> Dataset:
     return cls(split=split, **options)
 
 
+def __getattr__(name: str):
+    if name == "evaluate":  # the old name, kept for one release
+        warn_renamed("smakit.data.evaluate", "smakit.data.evaluate_listops")
+        return evaluate_listops
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DATASETS",
     "LRA_FILES",
@@ -98,7 +106,7 @@ __all__ = [
     "build_dataset",
     "default_cache_dir",
     "detokenize",
-    "evaluate",
+    "evaluate_listops",
     "generate_listops",
     "label_ids",
     "load_lra_split",

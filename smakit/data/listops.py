@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._deprecation import warn_renamed
 from .base import DatasetInfo, PackedSequences, check_split, default_cache_dir
 
 OPERATORS = ("MIN", "MAX", "MED", "SM")
@@ -101,7 +102,7 @@ def generate_listops(
     Examples::
 
         >>> tokens, labels = generate_listops(3, min_len=10, max_len=40, seed=1)
-        >>> [10 < len(t) < 40 for t in tokens], evaluate(tokens[0]) == labels[0]
+        >>> [10 < len(t) < 40 for t in tokens], evaluate_listops(tokens[0]) == labels[0]
         ([True, True, True], True)
     """
     if not 0 <= min_len < max_len - 1:
@@ -134,14 +135,14 @@ def generate_listops(
     return tokens, labels
 
 
-def evaluate(tokens) -> int:
+def evaluate_listops(tokens) -> int:
     """Value of a tokenised expression (ids or a string), computed with a stack.
 
     Independent of the generator, so tests can check labels with it.
 
     Examples::
 
-        >>> evaluate("[MAX 2 9 [MIN 4 7 ] 0 ]")
+        >>> evaluate_listops("[MAX 2 9 [MIN 4 7 ] 0 ]")
         9
     """
     ids = tokenize(tokens) if isinstance(tokens, str) else [int(t) for t in tokens]
@@ -306,7 +307,7 @@ class ListOps(PackedSequences):
         >>> ds = ListOps("val", num_train=20, num_val=5, num_test=5, min_len=20,
         ...              max_len=60, cache_dir=tempfile.mkdtemp())
         >>> x, y = ds[0]
-        >>> x.dtype, 20 < x.shape[0] < 60, evaluate(x) == int(y)
+        >>> x.dtype, 20 < x.shape[0] < 60, evaluate_listops(x) == int(y)
         (torch.int64, True, True)
     """
 
@@ -339,3 +340,10 @@ class ListOps(PackedSequences):
             name="listops", task="classification", num_classes=10, max_len=max_len - 1,
             vocab_size=VOCAB_SIZE, pad_id=PAD_ID, variable_length=True,
         )
+
+
+def __getattr__(name: str):
+    if name == "evaluate":  # the old name, kept for one release
+        warn_renamed("smakit.data.listops.evaluate", "evaluate_listops")
+        return evaluate_listops
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,13 @@ MODES = ("sparse", "always", "none")
 VARIANTS = ("seqboat", "seqboat_full", "mega_chunk", "ema_only", "transformer")
 
 
+def _slot_budget(budget: int | float | None, kind: str) -> dict:
+    """This layer's int-or-float budget as sma's options: an int is ``*_slots``, a float ``*_capacity``."""
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        return {f"{kind}_slots": budget}
+    return {f"{kind}_capacity": budget}
+
+
 class SeqBoatLayer(nn.Module):
     """SeqBoat layer (Ren et al., 2023): EMA state representation, sparsely activated GAU.
 
@@ -132,7 +139,7 @@ class SeqBoatLayer(nn.Module):
             self.attn = gau if mode == "always" else sma(
                 gau, dim, router="threshold", temperature_scale=temperature_scale, straight_through=straight_through,
                 density_target=density_target, density_mode=density_mode, density_rate=density_rate, z_loss=z_loss,
-                compaction_capacity=compaction_capacity, eval_capacity=eval_capacity)
+                **_slot_budget(compaction_capacity, "compaction"), **_slot_budget(eval_capacity, "eval"))
         self._ratio: Tensor | None = None
 
     @property
@@ -142,7 +149,7 @@ class SeqBoatLayer(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints from before one registration held the unit twice: under gau.* and attn.*
-        target = prefix + ("attn.experts.0." if self.mode == "sparse" else "attn.")
+        target = prefix + ("attn.routed_modules.0." if self.mode == "sparse" else "attn.")
         for key in [k for k in state_dict if k.startswith(prefix + "gau.")]:
             value = state_dict.pop(key)
             state_dict.setdefault(target + key[len(prefix + "gau."):], value)

@@ -8,21 +8,29 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._deprecation import warn_renamed
+
 
 @dataclass
 class Routing:
     """One routing decision for a batch.
 
+    Two layouts, named by what they index. The decision is **module-major**, ``[M, B, L]``,
+    so ``active[m]`` is the ``[B, L]`` mask that :func:`~smakit.compress` takes for module
+    ``m``. The router's scores are **option-last**, ``[B, L, O]``, as its projection gives
+    them and a softmax reads them; ``O = 1 + M`` for the threshold router (option 0 is
+    "skip") and ``O = M`` for top-k. :meth:`module_probs` gives the probabilities
+    module-major.
+
     Attributes:
         active (Tensor): ``[M, B, L]`` bool, True where module ``m`` runs on the token.
         gate (Tensor): ``[M, B, L]`` float32, the multiplier of module ``m``'s output
             (the router's probability; 0 where the module is inactive).
-        logits (Tensor): ``[B, L, O]`` float32 router scores (``O = 1 + M`` for the
-            threshold router, whose option 0 is "skip"; ``O = M`` for top-k).
+        logits (Tensor): ``[B, L, O]`` float32 router scores, one per option.
         probs (Tensor): ``[B, L, O]`` float32, the probability of each option (per module
             selection probability for top-k).
-        capacity (int or None): slots per row when it is fixed in advance (top-k), so the
-            compaction needs no host sync; ``None`` when data dependent.
+        slots (int or None): slots per row when fixed in advance (top-k: ``ceil(capacity *
+            L)``), so the compaction needs no host sync; ``None`` when data dependent.
         mask (Tensor or None): ``[B, L]`` bool padding mask the decision honoured.
     """
 
@@ -30,8 +38,23 @@ class Routing:
     gate: Tensor
     logits: Tensor
     probs: Tensor
-    capacity: int | None = None
+    slots: int | None = None
     mask: Tensor | None = None
+
+    def __init__(self, active: Tensor, gate: Tensor, logits: Tensor, probs: Tensor, slots: int | None = None,
+                 mask: Tensor | None = None, *, capacity: int | None = None):
+        if capacity is not None:  # the old keyword for the slot count
+            if slots is not None:
+                raise TypeError("Routing() got slots= and its old spelling capacity=; pass slots= alone")
+            warn_renamed("Routing(capacity=K) (a slot count)", "Routing(slots=K)")
+            slots = capacity
+        self.active, self.gate, self.logits, self.probs, self.slots, self.mask = active, gate, logits, probs, slots, mask
+
+    @property
+    def capacity(self) -> int | None:
+        """Deprecated: :attr:`slots`."""
+        warn_renamed("Routing.capacity (a slot count)", "Routing.slots")
+        return self.slots
 
     @property
     def num_modules(self) -> int:
@@ -95,7 +118,7 @@ def density_loss(routing: Routing, target: float | Tensor, straight_through: boo
 
 
 def check_route_input(x: Tensor, mask: Tensor | None, dim: int, name: str = "x") -> None:
-    """Raise a clear error unless ``x [B, L, dim]`` and ``mask [B, L]`` (bool) fit."""
+    """Raise a clear error unless ``x [B, L, dim]`` (floating) and ``mask [B, L]`` (bool) fit."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a Tensor of shape [B, L, {dim}], got {type(x).__name__}")
     if x.dim() != 3 or x.shape[-1] != dim:

@@ -103,8 +103,11 @@ class ThresholdRouter(nn.Module):
     def temperature(self) -> Tensor:
         return self.log_temperature.exp()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Routing:
-        check_route_input(x, mask, self.dim, "route_on")
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, validate: bool = True) -> Routing:
+        """Route ``x [B, L, dim]``; ``validate=False`` skips the input checks (for a caller,
+        such as :class:`~smakit.SparseModularActivation`, that made them already)."""
+        if validate:
+            check_route_input(x, mask, self.dim, "route_on")
         logits = project_fp32(x, self.proj)  # [B, L, 1 + M]
         with fp32_math(x.device):
             scores = logits / self.log_temperature.float().exp()

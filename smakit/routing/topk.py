@@ -12,7 +12,13 @@ from .base import Routing, check_route_input, fp32_math, project_fp32
 
 
 def capacity_slots(capacity: float, seq_len: int) -> int:
-    """Slots per row for a capacity fraction: ``ceil(capacity * L)``, at least 1."""
+    """Slots per row for a capacity (a fraction of the row): ``ceil(capacity * L)``, at least 1.
+
+    Examples::
+
+        >>> capacity_slots(0.25, 10)
+        3
+    """
     return min(max(math.ceil(capacity * seq_len - 1e-9), 1), max(seq_len, 1))
 
 
@@ -57,7 +63,7 @@ class TopKRouter(nn.Module):
     Shape:
         - x: ``[B, L, dim]``, mask: ``[B, L]`` bool (True = real token)
         - output: :class:`Routing` with ``active``/``gate`` ``[M, B, L]`` and
-          ``capacity = ceil(capacity * L)``
+          ``slots = ceil(capacity * L)``
 
     Examples::
 
@@ -93,8 +99,11 @@ class TopKRouter(nn.Module):
             for m in (self.predictor[0], self.predictor[2]):
                 m.reset_parameters()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Routing:
-        check_route_input(x, mask, self.dim, "route_on")
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, validate: bool = True) -> Routing:
+        """Route ``x [B, L, dim]``; ``validate=False`` skips the input checks (for a caller,
+        such as :class:`~smakit.SparseModularActivation`, that made them already)."""
+        if validate:
+            check_route_input(x, mask, self.dim, "route_on")
         B, L = x.shape[:2]
         k = capacity_slots(self.capacity, L)
         logits = project_fp32(x, self.proj)  # [B, L, M]

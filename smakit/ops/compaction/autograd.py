@@ -70,8 +70,8 @@ class CompressFunction(torch.autograd.Function):
     """``x [B, L, D]`` -> values and index tensors; backward scatters gradients one-to-one."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, active: Tensor, capacity: int, flat: bool, backend: str):
-        out = call(ops.compress, x, active, capacity, flat, backend)
+    def forward(ctx, x: Tensor, active: Tensor, slots: int, flat: bool, backend: str):
+        out = call(ops.compress, x, active, slots, flat, backend)
         _, positions, mask, counts, scatter_index, batch_index, kept = out
         ctx.mark_non_differentiable(positions, mask, counts, scatter_index, batch_index, kept)
         ctx.save_for_backward(kept, counts, scatter_index)

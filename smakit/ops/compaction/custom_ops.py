@@ -9,7 +9,7 @@ Three ops, one per backend function (see ``backend.py``), each with a ``backend`
   per-token dot product with ``h [S, D]`` when given
 
 Their fake implementations give output shapes without data. The number of slots is data
-dependent in the dynamic modes (padded with ``capacity=0``: ``K`` = the longest row; flat:
+dependent in the dynamic modes (padded with ``slots=0``: ``K`` = the longest row; flat:
 ``N``); the fakes then return an unbacked size (``new_dynamic_size``), so even those modes
 compile without a graph break, and the one host sync happens inside the op at run time.
 """
@@ -23,9 +23,9 @@ from .backend import get
 
 
 def _compress(
-    x: Tensor, active: Tensor, capacity: int, flat: bool, backend: str
+    x: Tensor, active: Tensor, slots: int, flat: bool, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return get(backend).compress_fwd(x, active, capacity, flat)
+    return get(backend).compress_fwd(x, active, slots, flat)
 
 
 def _scatter_rows(src: Tensor, gate: Tensor | None, kept: Tensor, counts: Tensor, scatter_index: Tensor,
@@ -44,13 +44,13 @@ gather_rows = torch.library.custom_op("smakit::gather_rows", _gather_rows, mutat
 
 
 @compress.register_fake
-def _(x, active, capacity, flat, backend):
+def _(x, active, slots, flat, backend):
     B, L, D = x.shape
     ctx = torch.library.get_ctx()
     if flat:
         lead = (ctx.new_dynamic_size(),)
     else:
-        lead = (B, capacity if capacity else ctx.new_dynamic_size(min=1))
+        lead = (B, slots if slots else ctx.new_dynamic_size(min=1))
     S = lead[0] if flat else B * lead[1]
     long = dict(dtype=torch.int64, device=x.device)
     return (

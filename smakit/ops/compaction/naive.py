@@ -29,24 +29,24 @@ from torch import Tensor
 # backend
 
 
-def build_index(active: Tensor, capacity: int, flat: bool) -> tuple[Tensor, ...]:
+def build_index(active: Tensor, slots: int, flat: bool) -> tuple[Tensor, ...]:
     """Slot bookkeeping: ``(positions, mask, counts, scatter_index, batch_index, kept)``.
 
-    ``capacity``: slots per row (tokens past a row's ``capacity``-th active one are dropped);
+    ``slots``: slots per row (tokens past a row's ``slots``-th active one are dropped);
     ``0`` sizes it from the data: padded ``K`` = the longest row, at least 1 (one host sync),
     flat no limit. ``batch_index`` is empty in the padded layout.
     """
     B, L = active.shape
     device = active.device
     slot = active.cumsum(1) - 1  # [B, L] slot of each active token
-    kept = active & (slot < capacity) if capacity else active.clone()
+    kept = active & (slot < slots) if slots else active.clone()
     counts = kept.sum(1)
     if flat:
         scatter_index = kept.reshape(-1).nonzero().squeeze(1)
         positions = scatter_index % max(L, 1)
         batch_index = scatter_index // max(L, 1)
         return positions, torch.ones_like(scatter_index, dtype=torch.bool), counts, scatter_index, batch_index, kept
-    K = capacity or max(int(counts.max()) if B * L > 0 else 0, 1)
+    K = slots or max(int(counts.max()) if B * L > 0 else 0, 1)
     # scatter each kept token's position into its slot; the rest go to a dump column K
     target = torch.where(kept, slot, K)
     positions = torch.full((B, K + 1), -1, dtype=torch.long, device=device)
@@ -67,7 +67,7 @@ def _pick(src: Tensor, index: Tensor) -> Tensor:
     return out.masked_fill_((index >= rows).unsqueeze(1), 0)
 
 
-def compress_fwd(x: Tensor, active: Tensor, capacity: int, flat: bool) -> tuple[Tensor, ...]:
+def compress_fwd(x: Tensor, active: Tensor, slots: int, flat: bool) -> tuple[Tensor, ...]:
     """``(values, positions, mask, counts, scatter_index, batch_index, kept)``.
 
     Padded: ``values [B, K, D]``, ``positions``/``mask`` ``[B, K]``, ``batch_index`` empty.
@@ -75,7 +75,7 @@ def compress_fwd(x: Tensor, active: Tensor, capacity: int, flat: bool) -> tuple[
     ``counts [B]``, ``scatter_index [S]``, ``kept [B, L]`` (the active tokens that got a slot).
     """
     B, L, D = x.shape
-    positions, mask, counts, scatter_index, batch_index, kept = build_index(active, capacity, flat)
+    positions, mask, counts, scatter_index, batch_index, kept = build_index(active, slots, flat)
     values = _pick(x.reshape(B * L, D), scatter_index).view(*positions.shape, D)
     return values, positions, mask, counts, scatter_index, batch_index, kept
 
@@ -116,21 +116,21 @@ def _slot_tokens(kept: Tensor, K: int) -> Tensor:
     return torch.where(filled, order, L)
 
 
-def compress_reference(x: Tensor, active: Tensor, capacity: int | None = None, flat: bool = False) -> dict:
+def compress_reference(x: Tensor, active: Tensor, slots: int | None = None, flat: bool = False) -> dict:
     """:func:`~smakit.ops.compress` from scratch: ``values``, ``positions``, ``mask``, ``counts``,
     ``batch_index`` (flat) and ``kept``, differentiable in ``x``."""
     B, L, D = x.shape
-    kept = active & (active.long().cumsum(1) <= capacity) if capacity else active
+    kept = active & (active.long().cumsum(1) <= slots) if slots else active
     counts = kept.sum(1)
     if flat:
         b, pos = kept.nonzero(as_tuple=True)
         return {"values": x[b, pos], "positions": pos, "mask": torch.ones_like(pos, dtype=torch.bool),
                 "counts": counts, "batch_index": b, "kept": kept}
-    K = capacity or max(int(counts.max()) if B * L > 0 else 0, 1)
-    slots = _slot_tokens(kept, K)
-    values = F.pad(x, (0, 0, 0, 1)).gather(1, slots.unsqueeze(-1).expand(B, K, D))  # token L is a zero row
-    mask = slots < L
-    return {"values": values, "positions": torch.where(mask, slots, -1), "mask": mask,
+    K = slots or max(int(counts.max()) if B * L > 0 else 0, 1)
+    tokens = _slot_tokens(kept, K)
+    values = F.pad(x, (0, 0, 0, 1)).gather(1, tokens.unsqueeze(-1).expand(B, K, D))  # token L is a zero row
+    mask = tokens < L
+    return {"values": values, "positions": torch.where(mask, tokens, -1), "mask": mask,
             "counts": counts, "batch_index": None, "kept": kept}
 
 

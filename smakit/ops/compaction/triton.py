@@ -245,10 +245,10 @@ def _row_start(counts: Tensor) -> Tensor:
     return counts.cumsum(0) - counts
 
 
-def compress_fwd(x: Tensor, active: Tensor, capacity: int, flat: bool) -> tuple[Tensor, ...]:
+def compress_fwd(x: Tensor, active: Tensor, slots: int, flat: bool) -> tuple[Tensor, ...]:
     """Fused compaction of ``x [B, L, D]`` by ``active [B, L]``; see ``naive.compress_fwd``.
 
-    ``capacity`` ``0`` sizes the output from the data, which costs one host sync.
+    ``slots`` ``0`` sizes the output from the data, which costs one host sync.
     """
     B, L, D = x.shape
     if x.stride(-1) != 1:
@@ -258,14 +258,14 @@ def compress_fwd(x: Tensor, active: Tensor, capacity: int, flat: bool) -> tuple[
     row_start = None
     if flat:
         counts = active.sum(1)
-        if capacity:
-            counts = counts.clamp_(max=capacity)
+        if slots:
+            counts = counts.clamp_(max=slots)
         row_start = _row_start(counts)
         S = int(counts.sum())  # host sync: N
-        K = capacity if capacity else max(L, 1)  # per-row cap
+        K = slots if slots else max(L, 1)  # per-row cap
         lead = (S,)
     else:
-        K = capacity if capacity else max(int(active.sum(1).max()) if B * L else 0, 1)  # host sync
+        K = slots if slots else max(int(active.sum(1).max()) if B * L else 0, 1)  # host sync
         S, lead = B * K, (B, K)
     values = x.new_empty(*lead, D)
     positions = torch.empty(lead, dtype=torch.int64, device=dev)
