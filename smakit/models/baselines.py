@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -9,6 +11,7 @@ from torch import Tensor, nn
 
 from ..modules import MLP
 from ..modules.position import apply_rotary, rotary_frequencies
+from ..routing.stats import RoutingStats
 
 
 class TransformerLayer(nn.Module):
@@ -74,10 +77,19 @@ class TransformerLayer(nn.Module):
             else:
                 span = real.sum(1, keepdim=True).float().expand(B, L)
             self._span = (span * real).sum() / real.sum().clamp(min=1)
+            self._real = real
         return x
 
+    @property
+    def routing_stats(self) -> RoutingStats | None:
+        """Fixed pattern: ratio 1, ``span`` the mean number of positions each real token attends over."""
+        real = getattr(self, "_real", None)
+        return None if real is None else RoutingStats.fixed(real, span=self._span)
+
     def stats(self) -> dict[str, Tensor]:
-        """``{"ratio": 1, "span": mean number of positions each real token attends over}``."""
+        """Deprecated: ``{"ratio": 1, "span": ...}``; read :attr:`routing_stats`."""
+        warnings.warn("TransformerLayer.stats() is deprecated, use TransformerLayer.routing_stats (a RoutingStats) "
+                      "or smakit.routing.collect_routing_stats(model); removed in 0.3", FutureWarning, stacklevel=2)
         return {"ratio": torch.ones(()), "span": self._span if self._span is not None else torch.zeros(())}
 
     def extra_repr(self) -> str:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import default, exists
+from ..routing.stats import collect_routing_stats, summarize_routing
 from ..sma import aux_losses
 from .baselines import FeedForwardBlock, TransformerLayer
 from .seqboat import SeqBoatLayer
@@ -155,8 +156,8 @@ class SeqBoat(nn.Module):
 
     def routing_stats(self) -> dict[str, list[float]]:
         """Per layer (attention layers only) ``ratio`` and ``span`` of the last forward, as floats."""
-        stats = [layer.stats() for layer in self.layers if hasattr(layer, "stats")]
-        return {key: [float(s[key]) for s in stats] for key in ("ratio", "span")}
+        stats = summarize_routing(collect_routing_stats(self))
+        return {"ratio": stats["ratio"], "span": [0.0 if s is None else s for s in stats["span"]]}
 
     def aux_loss(self) -> Tensor:
         """Sum of the routers' auxiliary losses of the last forward (0 if none was requested)."""

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..modules import MLP, CausalConv
 from ..modules.position import apply_rotary, rotary_frequencies
+from ..routing.stats import collect_routing_stats, summarize_routing
 from ..sma import SparseModularActivation, sma
 
 
@@ -103,13 +104,8 @@ class _RoutedStack(nn.Module):
     def routing_stats(self) -> dict[str, list[float]]:
         """Per routed layer, the fraction of real tokens routed to each module (floats), and, for
         top-k routers with a causal predictor, how often its guess agreed with top-k."""
-        layers = [m for m in self.modules() if isinstance(m, SparseModularActivation) and m.stats is not None]
-        stats = {"ratio": [float(m.stats.ratio.sum()) for m in layers],
-                 "per_module": [m.stats.as_dict() for m in layers]}
-        agreement = [getattr(m.router, "agreement", None) for m in layers]
-        if any(a is not None for a in agreement):
-            stats["agreement"] = [None if a is None else float(a.mean()) for a in agreement]
-        return stats
+        stats = summarize_routing(collect_routing_stats(self))
+        return {key: value for key, value in stats.items() if key != "span"}
 
 
 class _MoDLayer(nn.Module):
