@@ -250,7 +250,7 @@ def collect_aux_losses(model: nn.Module) -> Iterator[AuxLosses]:
 
     Examples::
 
-        >>> layer = sma(nn.Linear(8, 8), dim=8, density_target=0.25, density_mode="straight_through")
+        >>> layer = sma(nn.Linear(8, 8), dim=8, density_target=0.25, density_mode="loss")
         >>> with collect_aux_losses(layer) as aux:
         ...     y = layer(torch.randn(2, 6, 8))
         >>> loss = y.square().mean() + aux.total
