@@ -112,8 +112,16 @@ def module_spans(modules) -> Tensor | None:
 
 def unit_stats(module: nn.Module) -> RoutingStats | None:
     """The :class:`RoutingStats` a module holds (``routing_stats``, else ``stats``), or ``None``."""
+    attrs = vars(module)
     for attr in ("routing_stats", "stats"):
-        value = getattr(module, attr, None)
+        # the instance dict or a class property: a plain getattr on a module without the
+        # attribute goes through nn.Module.__getattr__ and an exception, slow in a walk
+        if attr in attrs:
+            value = attrs[attr]
+        elif isinstance(getattr(type(module), attr, None), property):
+            value = getattr(module, attr)
+        else:
+            continue
         if isinstance(value, RoutingStats):
             return value
     return None
