@@ -109,8 +109,9 @@ def fwd_bwd(layer, B: int, L: int, dim: int, repeats: int) -> dict:
 
     ms, cpu_ms, sys_ms = median_ms(run, repeats)
     mem = peak_rss_mib(run)
-    stats = layer.stats()
-    return {"L": L, "ms": ms, "cpu_ms": cpu_ms, "sys_ms": sys_ms, "peak_mib": mem, "ratio": float(stats["ratio"]), "span": float(stats["span"])}
+    stats = layer.routing_stats  # a RoutingStats, also for the fixed-pattern variants
+    return {"L": L, "ms": ms, "cpu_ms": cpu_ms, "sys_ms": sys_ms, "peak_mib": mem, "ratio": float(stats.ratio[0]),
+            "span": float(stats.span[0])}
 
 
 @torch.no_grad()

@@ -14,7 +14,6 @@ compacted under their own names. A module that declares none of these simply get
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +25,7 @@ from .ops.compaction.layout import _compact_like
 from .routing import Routing, ThresholdRouter, TopKRouter, capacity_slots
 from .routing.base import check_route_input
 from .routing.budget import check_density_target
+from .routing.stats import RoutingStats, module_spans
 from .streaming import _check_output, sma_init_state, sma_prefill, sma_step
 
 DENSITY_MODES = ("controller", "straight_through", "loss")
@@ -40,35 +40,6 @@ def _declared(module: nn.Module) -> frozenset[str]:
     except (TypeError, ValueError):
         return frozenset()
     return frozenset(n for n in params if n in PROTOCOL_KWARGS)
-
-
-@dataclass
-class RoutingStats:
-    """Routing statistics of the last forward; tensors, so reading them costs no host sync.
-
-    Attributes:
-        names (list[str]): module names, in routing order.
-        ratio (Tensor): ``[M]`` fraction of real tokens each module ran on.
-        counts (Tensor): ``[M, B]`` tokens each module ran on, per row.
-        active (Tensor): ``[M, B, L]`` bool, True where the module ran on the token (routed
-            and, with ``compaction_capacity``, not dropped for lack of a slot).
-        gate (Tensor): ``[M, B, L]`` gate values (detached).
-        target (Tensor or None): ``[M]`` density target, ``None`` in free mode.
-        bias (Tensor or None): ``[M]`` the budget controller's bias on each module's score
-            (``density_mode="controller"``), else ``None``.
-    """
-
-    names: list[str]
-    ratio: Tensor
-    counts: Tensor
-    active: Tensor
-    gate: Tensor
-    target: Tensor | None = None
-    bias: Tensor | None = None
-
-    def as_dict(self) -> dict[str, float]:
-        """``{name: ratio}`` as Python floats (this one syncs)."""
-        return dict(zip(self.names, self.ratio.tolist()))
 
 
 def _slot_budget_options(slots, capacity, kind: str) -> tuple[int | None, float | None]:
@@ -353,7 +324,9 @@ class SparseModularActivation(nn.Module):
         if target is None and self._loss_target is not None:
             target = self._loss_target.float()
         bias = None if budget is None else budget.bias.detach().clone()
-        self.stats = RoutingStats(list(self.routed_modules.keys()), ratio, counts, ran, routing.gate.detach(), target, bias)
+        self.stats = RoutingStats(list(self.routed_modules.keys()), ratio, counts, ran, routing.gate.detach(), target,
+                                  bias, module_spans(self.routed_modules.values()),
+                                  getattr(self.router, "agreement", None))
         losses = []
         if self.density_target is not None and self.density_mode != "controller":
             st = self.density_mode == "straight_through"

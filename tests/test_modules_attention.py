@@ -101,7 +101,7 @@ def test_span_statistic():
     gau(torch.randn(1, 10, 8), positions=positions)
     # slots 0,1,2 see 1,2,3 keys; the rest see 3 keys spanning 2 * 5 + 1 positions
     expected = (1 + 6 + 11 + 7 * 11) / 10
-    assert math.isclose(gau.last_span.item(), expected, rel_tol=1e-6)
+    assert math.isclose(gau.span.item(), expected, rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("attention", ["softmax", "relu2"])

@@ -50,7 +50,7 @@ def test_streaming_spans_beyond_window():
         layer.router.proj.bias.copy_(torch.tensor([0.1, -0.1]))  # mostly skip
         x = torch.randn(2, 80, 16)
         y = layer(x)
-        ratio, span = layer.stats()["ratio"].item(), layer.stats()["span"].item()
+        ratio, span = layer.routing_stats.ratio.item(), layer.routing_stats.span.item()
         assert 0 < ratio < 0.5 and span > 4
         assert rel_err(stream(layer, x), y) <= 1e-4
 

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import default, exists
-from ..sma import SparseModularActivation, aux_losses
+from ..routing.stats import RoutingStats, collect_routing_stats, summarize_routing
+from ..sma import aux_losses
 
 POOLINGS = ("mean", "last", "max")
 
@@ -232,13 +233,13 @@ class SequenceModel(nn.Module):
 
 
 def _layer_routing_stats(layers: nn.ModuleList) -> dict[str, list]:
-    """What :meth:`SequenceModel.routing_stats` reports (one place to swap for a collector)."""
-    own = [layer.stats() for layer in layers if callable(getattr(layer, "stats", None))]
-    if own:
-        return {key: [float(s[key]) for s in own] for key in ("ratio", "span")}
-    routed = [m for m in layers.modules() if isinstance(m, SparseModularActivation) and m.stats is not None]
-    stats = {"ratio": [float(m.stats.ratio.sum()) for m in routed], "per_module": [m.stats.as_dict() for m in routed]}
-    agreement = [getattr(m.router, "agreement", None) for m in routed]
-    if any(a is not None for a in agreement):
-        stats["agreement"] = [None if a is None else float(a.mean()) for a in agreement]
-    return stats
+    """What :meth:`SequenceModel.routing_stats` reports, from the one collector.
+
+    Layers that report for themselves (SeqBoat and Transformer layers) give ``ratio`` and
+    ``span`` per layer; a stack of routed blocks gives ``ratio``, ``per_module`` and, for top-k
+    routers with a causal predictor, ``agreement``.
+    """
+    stats = summarize_routing(collect_routing_stats(layers))
+    if any(isinstance(getattr(layer, "routing_stats", None), RoutingStats) for layer in layers):
+        return {"ratio": stats["ratio"], "span": [0.0 if s is None else s for s in stats["span"]]}
+    return {key: value for key, value in stats.items() if key != "span"}

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .._utils import default, exists
 from ..modules import LocalGatedAttention, MultiHeadEMA
+from ..routing.stats import RoutingStats
 from ..sma import sma
 from ..streaming import ema_final_state
 from .backbone import SequenceModel
@@ -79,6 +80,8 @@ class SeqBoatLayer(nn.Module):
         attn: ``sma(LocalGatedAttention)`` (sparse), the bare GAU (always) or ``None``.
         gau (LocalGatedAttention or None): the attention unit itself (a view of ``attn``,
             not registered twice; checkpoints with the older ``gau.*`` keys still load).
+        routing_stats (RoutingStats or None): the attention's routing in the last forward
+            (read by :func:`smakit.routing.collect_routing_stats`).
 
     Shape:
         - x: ``[B, L, D]``; mask: ``[B, L]`` bool (True = real token)
@@ -140,7 +143,7 @@ class SeqBoatLayer(nn.Module):
                 gau, dim, router="threshold", temperature_scale=temperature_scale, straight_through=straight_through,
                 density_target=density_target, density_mode=density_mode, density_rate=density_rate, z_loss=z_loss,
                 **_slot_budget(compaction_capacity, "compaction"), **_slot_budget(eval_capacity, "eval"))
-        self._ratio: Tensor | None = None
+        self._real: Tensor | None = None  # [B, L] real tokens of the last forward
 
     @property
     def gau(self) -> LocalGatedAttention | None:
@@ -178,30 +181,42 @@ class SeqBoatLayer(nn.Module):
         return out if self.prenorm else self.norm(out)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        self._real = _real_tokens(x, mask)
         if x.shape[0] == 0 or x.shape[1] == 0:  # nothing to mix (and the FFT cannot take L = 0)
-            self._ratio = torch.zeros((), device=x.device)
             return self._finish(self.bypass(x), x)
         _, h = self._state_input(x, mask)
         out = self.bypass(h)
         if self.mode == "sparse":
             out = out + self.attn(h, mask=mask, route_on=h)
-            self._ratio = self.attn.stats.ratio[0]
         elif self.mode == "always":
             out = out + self.attn(h, mask=mask)
-            self._ratio = torch.ones((), device=x.device)
-        else:
-            self._ratio = torch.zeros((), device=x.device)
         return self._finish(out, x)
 
-    def stats(self) -> dict[str, Tensor]:
-        """``{"ratio", "span"}`` of the last forward (0-dim tensors, no host sync).
+    @property
+    def routing_stats(self) -> RoutingStats | None:
+        """The attention's :class:`~smakit.routing.RoutingStats` in the last forward (``None`` before one).
 
-        ``ratio``: fraction of real tokens the attention ran on; ``span``: mean over the
-        attending tokens of the original-position span of their keys (``max - min + 1``).
+        Sparse: the router's statistics (with the attention's ``span``); always: ratio 1 and
+        the span; none: ratio 0. The fixed patterns have ``routed=False``.
         """
-        zero = torch.zeros(())
-        span = self.gau.last_span if exists(self.gau) and exists(self.gau.last_span) else zero
-        return {"ratio": default(self._ratio, zero), "span": span}
+        real = self._real
+        if real is None:
+            return None
+        ran = real.numel() > 0 and self.mode != "none"
+        if ran and self.mode == "sparse":
+            return self.attn.stats
+        span = self.gau.span if ran and exists(self.gau.span) else torch.zeros((), device=real.device)
+        return RoutingStats.fixed(real, ran=ran, span=span)
+
+    def stats(self) -> dict[str, Tensor]:
+        """Deprecated: ``{"ratio", "span"}`` (0-dim tensors) of the last forward; read
+        :attr:`routing_stats` (``.ratio[0]``, ``.span[0]``) or :func:`smakit.routing.collect_routing_stats`."""
+        warnings.warn("SeqBoatLayer.stats() is deprecated, use SeqBoatLayer.routing_stats (a RoutingStats) or "
+                      "smakit.routing.collect_routing_stats(model); removed in 0.3", FutureWarning, stacklevel=2)
+        stats, zero = self.routing_stats, torch.zeros(())
+        if stats is None:
+            return {"ratio": zero, "span": zero}
+        return {"ratio": stats.ratio[0], "span": zero if stats.span is None else stats.span[0]}
 
     # decoding
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
@@ -255,13 +270,13 @@ class SeqBoatLayer(nn.Module):
         state = self.init_state(B, x.device)
         if B == 0 or L == 0:
             return self.forward(x), state
+        self._real = _real_tokens(x, None)
         xn, h = self._state_input(x)
         state["ema"] = ema_final_state(self.ema, xn)
         out = self.bypass(h)
         if self.mode == "sparse":
             a, state["attn"] = self.attn.prefill(h, route_on=h)
             out = out + a
-            self._ratio = self.attn.stats.ratio[0]
         elif self.mode == "always":
             out = out + self.attn(h)
             state["attn"] = self.attn.prefill_cache(h)
@@ -270,6 +285,11 @@ class SeqBoatLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, causal={self.causal}, mode={self.mode!r}, prenorm={self.prenorm}"
+
+
+def _real_tokens(x: Tensor, mask: Tensor | None) -> Tensor:
+    """``[B, L]`` bool real tokens: ``mask``, or all (a broadcast view, no copy)."""
+    return mask if exists(mask) else torch.ones((), dtype=torch.bool, device=x.device).expand(x.shape[:2])
 
 
 class SeqBoat(SequenceModel):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
 from ..modules import MLP, SelfAttention
+from ..routing.stats import RoutingStats
 from .backbone import SequenceModel
 
 
@@ -43,6 +46,7 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(dim, mlp_hidden, dropout=dropout)
         self.drop = nn.Dropout(dropout)
         self._span: Tensor | None = None
+        self._real: Tensor | None = None  # [B, L] real tokens of the last forward
 
     def reset_parameters(self) -> None:
         for m in (self.norm1, self.norm2, self.attn, self.mlp):
@@ -66,10 +70,18 @@ class TransformerLayer(nn.Module):
             else:
                 span = real.sum(1, keepdim=True).float().expand(B, L)
             self._span = (span * real).sum() / real.sum().clamp(min=1)
+            self._real = real
         return x
 
+    @property
+    def routing_stats(self) -> RoutingStats | None:
+        """Fixed pattern: ratio 1, ``span`` the mean number of positions each real token attends over."""
+        return None if self._real is None else RoutingStats.fixed(self._real, span=self._span)
+
     def stats(self) -> dict[str, Tensor]:
-        """``{"ratio": 1, "span": mean number of positions each real token attends over}``."""
+        """Deprecated: ``{"ratio": 1, "span": ...}``; read :attr:`routing_stats`."""
+        warnings.warn("TransformerLayer.stats() is deprecated, use TransformerLayer.routing_stats (a RoutingStats) "
+                      "or smakit.routing.collect_routing_stats(model); removed in 0.3", FutureWarning, stacklevel=2)
         return {"ratio": torch.ones(()), "span": self._span if self._span is not None else torch.zeros(())}
 
     def extra_repr(self) -> str:

@@ -11,6 +11,7 @@ neighbour block(s), masked to the exact window.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -253,8 +254,9 @@ class LocalGatedAttention(nn.Module):
         dropout (float): dropout on the attention weights. Default: 0.0.
 
     Attributes:
-        last_span (Tensor or None): mean over real queries of the original-position span of
-            their keys (``max - min + 1``), from the last forward.
+        span (Tensor or None): 0-dim, mean over real queries of the original-position span
+            of their keys (``max - min + 1``), from the last forward; behind :func:`smakit.sma`
+            it lands in ``RoutingStats.span``. (``last_span`` is its deprecated name.)
 
     Shape:
         - x: ``[B, K, D]``; mask: ``[B, K]`` bool; positions: ``[B, K]`` int64
@@ -303,8 +305,15 @@ class LocalGatedAttention(nn.Module):
         self.out = nn.Linear(self.value_dim, dim)
         self.bias = RelativePositionBias(num_buckets, max_distance, not causal) if relative_bias else None
         self.register_buffer("inv_freq", rotary_frequencies(qk_dim) if rotary else None, persistent=False)
-        self.last_span: Tensor | None = None
+        self.span: Tensor | None = None
         self.reset_parameters()
+
+    @property
+    def last_span(self) -> Tensor | None:
+        """Deprecated name of ``span``."""
+        warnings.warn("LocalGatedAttention.last_span is deprecated, use .span (or collect_routing_stats(model)); "
+                      "removed in 0.3", FutureWarning, stacklevel=2)
+        return self.span
 
     def reset_parameters(self) -> None:
         self.proj.reset_parameters()
@@ -331,7 +340,7 @@ class LocalGatedAttention(nn.Module):
                                   bias=self.bias, attention=self.attention, chunked=self.chunked,
                                   dropout=self.dropout, training=self.training)
         real = span > 0 if mask is None else mask
-        self.last_span = (span * real).sum() / real.sum().clamp(min=1)
+        self.span = (span * real).sum() / real.sum().clamp(min=1)
         return self.out(u * o)
 
     # decoding

@@ -1,8 +1,10 @@
-"""Routers: decide per token which modules run, and with what gate."""
+"""Routers: decide per token which modules run, and with what gate; and how to observe them."""
 
 from .base import Routing, density_loss
 from .budget import BudgetController
+from .stats import AuxLosses, RoutingStats, collect_aux_losses, collect_routing_stats, summarize_routing
 from .threshold import ThresholdRouter
 from .topk import TopKRouter, capacity_slots
 
-__all__ = ["BudgetController", "Routing", "ThresholdRouter", "TopKRouter", "capacity_slots", "density_loss"]
+__all__ = ["AuxLosses", "BudgetController", "Routing", "RoutingStats", "ThresholdRouter", "TopKRouter",
+           "capacity_slots", "collect_aux_losses", "collect_routing_stats", "density_loss", "summarize_routing"]

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 
 from ..data import bits_per_byte
 from ..data.base import IGNORE_INDEX
-from ..sma import SparseModularActivation, aux_losses
+from ..routing.stats import collect_routing_stats, summarize_routing
+from ..sma import aux_losses
 from . import distributed as dist
 from ._extra import require_train_extra
 from .batching import StepBatchSampler
@@ -128,9 +129,9 @@ def task_loss(logits: torch.Tensor, targets: torch.Tensor, task: str) -> tuple[t
 
 
 def activation_ratios(model: nn.Module) -> list[float]:
-    """Per routed layer (in model order), the fraction of real tokens its modules ran on."""
-    layers = [m for m in model.modules() if isinstance(m, SparseModularActivation) and m.stats is not None]
-    return [float(m.stats.ratio.sum()) for m in layers]
+    """Per routed layer (in model order), the fraction of real tokens its modules ran on
+    (fixed-pattern layers left out); one host sync."""
+    return summarize_routing(collect_routing_stats(model, routed_only=True))["ratio"]
 
 
 

@@ -18,7 +18,7 @@ except ImportError:  # the `train` extra is missing; Trainer.train says so befor
     Figure = None
 from torch import nn
 
-from ..sma import SparseModularActivation
+from ..routing.stats import collect_routing_stats
 from .rundir import atomic_write
 
 
@@ -81,10 +81,10 @@ def routing_pattern(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor |
     model.eval()
     model(inputs, mask=mask)
     model.train(was_training)
-    layers = [m for m in model.modules() if isinstance(m, SparseModularActivation) and m.stats is not None]
-    if not layers:
+    stats = collect_routing_stats(model, routed_only=True)
+    if not stats:
         return torch.zeros(0, inputs.shape[1], dtype=torch.bool)
-    return torch.stack([m.stats.active.any(0)[0].cpu() for m in layers])
+    return torch.stack([s.active.any(0)[0] for s in stats.values()]).cpu()
 
 
 LISTOPS_STYLE = {"operator": "tab:red", "digit": "tab:blue", "close": "tab:gray"}
