@@ -8,9 +8,9 @@ from torch import nn
 
 import smakit
 from smakit import LocalGatedAttention, SeqBoat, SeqBoatLayer, aux_losses, sma, sma_wrap
-from smakit.models import TransformerLayer
-from smakit.models.model import VARIANTS
-from smakit.models.sma_transformer import HybridSMA, SMATransformer
+from smakit.models import Transformer, TransformerLayer
+from smakit.models.routed_transformers import HybridSMA, SMATransformer
+from smakit.models.seqboat import VARIANTS
 from smakit.routing import RoutingStats, collect_aux_losses, collect_routing_stats, summarize_routing
 from smakit.train.loop import activation_ratios
 from smakit.train.plots import routing_pattern
@@ -18,6 +18,8 @@ from smakit.train.plots import routing_pattern
 
 def tiny(variant="seqboat", **kw):
     torch.manual_seed(0)
+    if variant == "transformer":
+        return Transformer(vocab_size=20, dim=16, depth=2, n_classes=3, heads=2, **kw)
     return SeqBoat(vocab_size=20, dim=16, depth=2, n_classes=3, variant=variant, window=4, qk_dim=8, ema_ndim=2,
                    heads=2, **kw)
 
