@@ -59,6 +59,23 @@ def _slot_budget_options(slots, capacity, kind: str) -> tuple[int | None, float 
     return slots, capacity
 
 
+def _budget_attribute(kind: str, unit: str) -> property:
+    """``{kind}_{unit}`` as a checked attribute: setting it after construction keeps one meaning
+    per name (an int ``*_capacity`` becomes ``*_slots``) and replaces the other spelling's value."""
+    own = f"_{kind}_{unit}"
+
+    def get(self):
+        return self.__dict__.get(own)
+
+    def set_(self, value):
+        slots, capacity = _slot_budget_options(value if unit == "slots" else None,
+                                               value if unit == "capacity" else None, kind)
+        self.__dict__[f"_{kind}_slots"], self.__dict__[f"_{kind}_capacity"] = slots, capacity
+
+    doc = "slots per row (int)" if unit == "slots" else "a fraction of the row in (0, 1]"
+    return property(get, set_, doc=f"The {kind} slot budget as {doc}; ``None`` when unset.")
+
+
 def _make_router(router, dim: int, num_modules: int, capacity: float | None, router_kwargs: dict,
                  budget: dict) -> nn.Module:
     if isinstance(router, nn.Module):
@@ -189,8 +206,8 @@ class SparseModularActivation(nn.Module):
         targets = None if density_target is None else check_density_target(density_target, len(modules))
         self.dim, self.layout, self.backend = dim, layout, backend
         self.route_dim = dim if route_dim is None else route_dim
-        self.compaction_slots, self.compaction_capacity = compaction_slots, compaction_capacity
-        self.eval_slots, self.eval_capacity = eval_slots, eval_capacity
+        self.__dict__.update(_compaction_slots=compaction_slots, _compaction_capacity=compaction_capacity,
+                             _eval_slots=eval_slots, _eval_capacity=eval_capacity)
         self.density_target, self.density_mode, self.density_weight = density_target, density_mode, density_weight
         self.z_loss = float(z_loss)
         budget = {}
@@ -207,6 +224,11 @@ class SparseModularActivation(nn.Module):
         self.register_buffer("_loss_target", loss_target, persistent=False)
         self.stats: RoutingStats | None = None
         self.aux_loss: Tensor | None = None
+
+    compaction_slots = _budget_attribute("compaction", "slots")
+    compaction_capacity = _budget_attribute("compaction", "capacity")
+    eval_slots = _budget_attribute("eval", "slots")
+    eval_capacity = _budget_attribute("eval", "capacity")
 
     @property
     def module(self) -> nn.Module:

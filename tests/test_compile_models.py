@@ -58,7 +58,7 @@ def test_router_free_variants_compile_without_breaks(variant):
 
 def test_static_attention_capacity_compiles_without_capturing_dynamic_shapes():
     """With ``compaction_capacity`` the compacted size is fixed: no data-dependent shape at all."""
-    model = tiny_seqboat(compaction_capacity=16)
+    model = tiny_seqboat(compaction_slots=16)
     x = torch.randint(0, 20, (2, 37))
     assert torch._dynamo.explain(model)(x).graph_break_count == 0
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)

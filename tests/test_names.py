@@ -214,3 +214,30 @@ def test_a_bad_input_fails_once_at_the_entry_and_the_parts_still_check_alone():
         ThresholdRouter(D)(torch.randn(2, 5, 3))
     with pytest.raises(ValueError, match=r"^active must have shape \[B, L\] = \(2, 5\)"):
         compress(torch.randn(2, 5, D), torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_budget_attributes_set_after_construction_keep_one_meaning():
+    layer = sma(nn.Linear(8, 8), dim=8, layout="flat")
+    layer.eval_capacity = 0.5
+    assert (layer.eval_slots, layer.eval_capacity) == (None, 0.5)
+    with pytest.warns(FutureWarning, match="eval_slots"):
+        layer.eval_capacity = 2  # the old spelling of a slot count, not ceil(2 * L)
+    assert (layer.eval_slots, layer.eval_capacity) == (2, None)
+    layer.compaction_slots = 3
+    assert layer._slot_budget(100) == 3
+    layer.compaction_capacity = 0.25  # replaces the slot count
+    assert (layer.compaction_slots, layer._slot_budget(100)) == (None, 25)
+    with pytest.raises(ValueError, match="eval_slots must be a positive int"):
+        layer.eval_slots = 0.5
+    with pytest.raises(ValueError, match="compaction_capacity must be a fraction"):
+        layer.compaction_capacity = 1.5
+
+
+def test_seqboat_layer_takes_slots_and_warns_on_an_int_capacity():
+    from smakit import SeqBoatLayer
+
+    layer = SeqBoatLayer(8, causal=True, window=4, qk_dim=4, compaction_slots=3, eval_capacity=0.5)
+    assert (layer.attn.compaction_slots, layer.attn.eval_capacity) == (3, 0.5)
+    with pytest.warns(FutureWarning, match="compaction_slots"):
+        old = SeqBoatLayer(8, causal=True, window=4, qk_dim=4, compaction_capacity=3)
+    assert (old.attn.compaction_slots, old.attn.compaction_capacity) == (3, None)

@@ -149,7 +149,7 @@ def test_seqboat_layer_prefill_state_equals_stepping(mode, chunked):
 def test_seqboat_layer_step_honours_compaction_capacity():
     """The budget is counted token by token as in the forward (was 0.0999 off before)."""
     torch.manual_seed(0)
-    layer = SeqBoatLayer(D, causal=True, window=4, qk_dim=8, ema_ndim=4, compaction_capacity=3).eval()
+    layer = SeqBoatLayer(D, causal=True, window=4, qk_dim=8, ema_ndim=4, compaction_slots=3).eval()
     with torch.no_grad():
         layer.router.proj.bias.copy_(torch.tensor([-1.0, 1.0]))  # route most tokens: the budget bites
         x = torch.randn(3, 30, D)

@@ -21,13 +21,6 @@ MODES = ("sparse", "always", "none")
 VARIANTS = ("seqboat", "seqboat_full", "mega_chunk", "ema_only", "transformer")
 
 
-def _slot_budget(budget: int | float | None, kind: str) -> dict:
-    """This layer's int-or-float budget as sma's options: an int is ``*_slots``, a float ``*_capacity``."""
-    if isinstance(budget, int) and not isinstance(budget, bool):
-        return {f"{kind}_slots": budget}
-    return {f"{kind}_capacity": budget}
-
-
 class SeqBoatLayer(nn.Module):
     """SeqBoat layer (Ren et al., 2023): EMA state representation, sparsely activated GAU.
 
@@ -69,12 +62,15 @@ class SeqBoatLayer(nn.Module):
         density_rate (float): controller step in (0, 1]. Default: 0.5.
         z_loss (float): router z-loss weight (read with :func:`smakit.aux_losses`).
             Default: 0.0.
-        compaction_capacity (int or float, optional): fixed number (int) or fraction of ``L``
-            (float) of attention slots per row (routed tokens past it skip attention), so
-            routing needs no host sync (CUDA graphs, ``fullgraph`` compile). Default: ``None``
-            (the longest row).
-        eval_capacity (int or float, optional): the same outside training mode (a fixed
-            inference budget). Default: ``None``.
+        compaction_slots (int, optional): fixed attention slots per row (routed tokens past
+            the row's last slot skip attention), so routing needs no host sync (CUDA graphs,
+            ``fullgraph`` compile). Default: ``None`` (the longest row).
+        compaction_capacity (float, optional): the same as a fraction of ``L`` in ``(0, 1]``
+            (``ceil(c * L)`` slots; an int here is the old spelling of ``compaction_slots``).
+            Default: ``None``.
+        eval_slots (int, optional): slots per row outside training mode (a fixed inference
+            budget). Default: ``None``.
+        eval_capacity (float, optional): the same as a fraction of ``L``. Default: ``None``.
 
     Attributes:
         attn: ``sma(LocalGatedAttention)`` (sparse), the bare GAU (always) or ``None``.
@@ -123,8 +119,10 @@ class SeqBoatLayer(nn.Module):
         density_mode: str = "controller",
         density_rate: float = 0.5,
         z_loss: float = 0.0,
-        compaction_capacity: int | float | None = None,
-        eval_capacity: int | float | None = None,
+        compaction_slots: int | None = None,
+        compaction_capacity: float | None = None,
+        eval_slots: int | None = None,
+        eval_capacity: float | None = None,
     ):
         super().__init__()
         if mode not in MODES:
@@ -142,7 +140,8 @@ class SeqBoatLayer(nn.Module):
             self.attn = gau if mode == "always" else sma(
                 gau, dim, router="threshold", temperature_scale=temperature_scale, straight_through=straight_through,
                 density_target=density_target, density_mode=density_mode, density_rate=density_rate, z_loss=z_loss,
-                **_slot_budget(compaction_capacity, "compaction"), **_slot_budget(eval_capacity, "eval"))
+                compaction_slots=compaction_slots, compaction_capacity=compaction_capacity, eval_slots=eval_slots,
+                eval_capacity=eval_capacity)
         self._real: Tensor | None = None  # [B, L] real tokens of the last forward
 
     @property
@@ -236,7 +235,7 @@ class SeqBoatLayer(nn.Module):
         """One token ``x [B, D]`` -> ``(y [B, D], state)``; ``O(window)`` time and memory.
 
         EMA step, bypass, and the attention's own step (through :meth:`SparseModularActivation.step`
-        when sparse, so ``compaction_capacity`` is honoured); equals the causal :meth:`forward` at
+        when sparse, so the slot budget is honoured); equals the causal :meth:`forward` at
         that position (in eval mode).
         """
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[-1] != self.dim:
