@@ -107,7 +107,15 @@ def test_listops_recipe_trains_on_lra_files_by_data_path(tmp_path, monkeypatch):
     tiny = {"data.path": str(tmp_path / "lra"), "model.dim": 16, "model.depth": 1, "model.qk_dim": 8,
             "model.value_dim": 16, "model.window": 8, "train.batch_size": 8, "train.max_steps": 2,
             "train.eval_every": 2, "train.warmup_steps": 1, "train.max_minutes": 0}
+    import smakit.train.classification_report as report_mod
+
+    def second_pass(*args, **kwargs):
+        raise AssertionError("the report must come from the test evaluation's own pass")
+
+    monkeypatch.setattr(report_mod, "predict", second_pass)
     summary = run(load_recipe("seqboat-listops", "cpu", tiny), tmp_path / "run", progress=False)
     assert summary["steps"] == 2 and 0 <= summary["test"]["accuracy"] <= 1
     assert sum(summary["classification"]["support"].values()) == 8
+    assert summary["classification"]["accuracy"] == pytest.approx(summary["test"]["accuracy"])
+    assert "confusion" not in summary["test"]
     assert len(list((tmp_path / "cache" / "listops").glob("lra-*.pt"))) == 3  # read from the files

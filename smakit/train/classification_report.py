@@ -138,17 +138,23 @@ def class_names(dataset, num_classes: int) -> list[str]:
     return [str(c) for c in names] if names is not None else [str(i) for i in range(num_classes)]
 
 
-def write_report(trainer, out_dir, split: str = "test") -> dict:
-    """Predict ``split`` with a trained :class:`~smakit.train.Trainer`, write the PNG, return the report."""
+def write_report(trainer, out_dir, split: str = "test", confusion: list | None = None) -> dict:
+    """The report of a trained :class:`~smakit.train.Trainer` on ``split``: write the PNG, return it.
+
+    ``confusion`` (``[C, C]`` counts from ``trainer.evaluate(split, confusion=True)``) saves a
+    second pass over the data; without it the split is predicted here.
+    """
     from .build import collate_fn
     from .loop import autocast_for
 
     data = trainer.data[split]
-    preds, targets = predict(trainer.model, data, collate_fn(trainer.info, trainer.recipe.data),
-                             trainer.device, trainer.cfg.batch_size, lambda: autocast_for(trainer.device, trainer.cfg.amp))
     C = trainer.info.num_classes
+    if confusion is None:
+        preds, targets = predict(trainer.model, data, collate_fn(trainer.info, trainer.recipe.data), trainer.device,
+                                 trainer.cfg.batch_size, lambda: autocast_for(trainer.device, trainer.cfg.amp))
+        confusion = confusion_matrix(preds, targets, C)
     majority, majority_acc = majority_baseline(trainer.data["train"], data)
-    report = report_from_confusion(confusion_matrix(preds, targets, C), class_names(data, C), majority, majority_acc)
+    report = report_from_confusion(torch.as_tensor(confusion), class_names(data, C), majority, majority_acc)
     report["split"] = split
     png = plot_report(report, Path(out_dir) / CONFUSION_PNG, f"{trainer.recipe.name}: {split} split")
     report["plot"] = str(png)

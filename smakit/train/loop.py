@@ -270,29 +270,38 @@ class Trainer:
         return [t.to(self.device, non_blocking=True) for t in batch]
 
     # -- steps -------------------------------------------------------------------------
-    def forward(self, model, inputs, mask, targets):
+    def forward(self, model, inputs, mask, targets, return_logits: bool = False):
         with autocast_for(self.device, self.cfg.amp):
             logits = model(inputs, mask=mask)
         loss, acc = task_loss(logits, targets, self.info.task)
         aux = aux_losses(self.model)
         total = loss if aux is None else loss + self.cfg.aux_weight * aux
-        return total, loss, acc
+        return (total, loss, acc, logits) if return_logits else (total, loss, acc)
 
     @torch.no_grad()
-    def evaluate(self, split: str = "val") -> dict:
+    def evaluate(self, split: str = "val", confusion: bool = False) -> dict:
+        """Loss, accuracy (and bpc, activation) on ``split``; with ``confusion`` (classification),
+        also the ``[C, C]`` confusion matrix of the same pass (row = true class) as lists."""
         check_splits(self.data, self.recipe.data, [split])
+        confusion = confusion and self.info.task == "classification"
         self.model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
+        C = self.info.num_classes or 0
+        counts = torch.zeros(C * C, dtype=torch.float64, device=self.device)
         ratios = []
         for i, batch in enumerate(self._loader(split)):
             if self.cfg.eval_batches and i >= self.cfg.eval_batches:
                 break
             inputs, mask, targets = self._to_device(batch)
-            _, loss, acc = self.forward(self.model, inputs, mask, targets)
+            _, loss, acc, logits = self.forward(self.model, inputs, mask, targets, return_logits=True)
             n = acc["count"].to(self.device, torch.float64)
             sums += torch.stack([loss.double() * n, acc["correct"].to(sums), n])
+            if confusion:
+                counts += torch.bincount(targets * C + logits.argmax(-1), minlength=C * C).to(counts)
             ratios.append(activation_ratios(self.model))
         sums = dist.all_reduce_sum(sums, self.ctx)
+        if confusion:
+            counts = dist.all_reduce_sum(counts, self.ctx)
         self.model.train()
         if sums[2].item() == 0:
             raise ValueError(f"the {split} split gave no targets to score")
@@ -302,6 +311,8 @@ class Trainer:
             out["bpc"] = bits_per_byte(out["loss"])
         if ratios and ratios[0]:
             out["activation"] = [sum(col) / len(col) for col in zip(*ratios)]
+        if confusion:
+            out["confusion"] = counts.view(C, C).long().tolist()
         return out
 
     def claim(self):

@@ -29,7 +29,8 @@ def run(recipe: Recipe, out_dir, device: str | None = None, progress: bool = Tru
 def _train_and_report(trainer: Trainer, out: Path) -> dict:
     recipe = trainer.recipe
     timing = trainer.train()
-    test = trainer.evaluate("test")
+    test = trainer.evaluate("test", confusion=True)  # one pass gives the metrics and the report
+    confusion = test.pop("confusion", None)
     summary = {"recipe": recipe.name, "preset": recipe.preset, **timing, "test": test, "best": trainer.best,
                "parameters": sum(p.numel() for p in trainer.model.parameters())}
     if trainer.info.task == "classification":
@@ -38,7 +39,7 @@ def _train_and_report(trainer: Trainer, out: Path) -> dict:
     if trainer.ctx.is_main:
         summary["plots"] = write_plots(trainer, out)
         if trainer.info.task == "classification":  # per-class accuracy, confusion matrix PNG
-            summary["classification"] = write_report(trainer, out)
+            summary["classification"] = write_report(trainer, out, confusion=confusion)
             summary["plots"].append(summary["classification"]["plot"])
         with atomic_write(out / "summary.json") as f:
             f.write(dumps(summary, indent=2))
