@@ -334,6 +334,32 @@ def write_report(results: dict, stem: Path) -> None:
     plot(results, stem.with_suffix(".png"))
 
 
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str]) -> None:
+    """Label each point at the first of a ring of offsets where the text overlaps no placed
+    label and no other marker (the least-overlapping one when none is free)."""
+    renderer = ax.figure.canvas.get_renderer()
+    marks = [ax.transData.transform(p) for p in points]
+    offsets = [(6, 4), (6, -12), (-6, 4), (-6, -12), (0, 10), (0, -18), (10, -4), (-10, -4), (6, 16), (6, -24)]
+    placed = []
+    for i, (point, label) in enumerate(zip(points, labels)):
+        best = None
+        for dx, dy in offsets:
+            text = ax.annotate(label, point, xytext=(dx, dy), textcoords="offset points", fontsize=8,
+                               ha="left" if dx >= 0 else "right")
+            box = text.get_window_extent(renderer).expanded(1.05, 1.15)
+            clash = sum(box.overlaps(other) for other in placed) + sum(
+                box.contains(*m) for j, m in enumerate(marks) if j != i)
+            if best is None or clash < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (clash, text, box)
+            else:
+                text.remove()
+            if clash == 0:
+                break
+        placed.append(best[2])
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -351,10 +377,6 @@ def plot(results: dict, path: Path) -> None:
         on = [r["model"] in s["frontier"] for r in rows]
         ax.scatter([r["step_ms"] for r in rows], [r["quality"] for r in rows], s=size, alpha=0.6,
                    c=["tab:red" if o else "tab:blue" for o in on])
-        offsets = [(5, 5), (5, -11), (5, 15), (5, -21)]  # staggered, so neighbours' labels do not overlap
-        for i, r in enumerate(sorted(rows, key=lambda r: r["step_ms"])):
-            ax.annotate(r["label"], (r["step_ms"], r["quality"]), fontsize=8, xytext=offsets[i % len(offsets)],
-                        textcoords="offset points")
         front = sorted((r for r in rows if r["model"] in s["frontier"]), key=lambda r: r["step_ms"])
         ax.step([r["step_ms"] for r in front], [r["quality"] for r in front], where="post", color="tab:red",
                 lw=1.2, label="frontier")
@@ -372,6 +394,9 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="best")
     fig.tight_layout()
+    for ax, (task, _) in zip(axes[0], summary.items()):
+        rows = [r for r in results["rows"] if r["task"] == task]
+        place_labels(ax, [(r["step_ms"], r["quality"]) for r in rows], [r["label"] for r in rows])
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
