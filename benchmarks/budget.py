@@ -1,12 +1,15 @@
-"""Does ``density_target`` hold? The CPU recipes with a budget, against the free run.
+"""Does ``density_target`` hold, and what does it cost? The CPU recipes with a budget, against
+the free run, and the runs that look for where the cost comes from.
 
-Run: ``python benchmarks/budget.py [--steps 400] [--jobs 2] [--out-root /tmp/smakit-budget]``
+Run: ``python benchmarks/budget.py [NAME ...] [--steps 400] [--jobs 2] [--out-root /tmp/smakit-budget]``
 from the repository root (it reads ``../shared/data/shakespeare`` like the issue's command).
 Each run is ``smakit train <recipe> --max-steps N --out <out-root>/<name>`` with
-``OMP_NUM_THREADS=1``, ``--jobs`` of them at once; a run whose ``summary.json`` exists is read,
-not rerun (``--fresh`` reruns all). Writes ``benchmarks/results/budget.{json,md,png}``: the
-test activation of every layer against its target (the band is target +- 0.05), test bpc
-(char-LM) or accuracy (ListOps) against the free run, and the load average.
+``OMP_NUM_THREADS=1``, ``--jobs`` of them at once (probe runs go through
+``budget_probes.py``, which patches one thing in first); a run whose ``summary.json`` exists
+is read, not rerun (``--fresh`` reruns all). Writes ``benchmarks/results/budget.{json,md,png}``:
+the test activation of every layer against its target (the band is target +- 0.05), test bpc
+(char-LM) or accuracy (ListOps) against the free run of the same task and length, and the
+load average.
 """
 
 from __future__ import annotations
@@ -27,29 +30,62 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = "../shared/data/shakespeare"
 BAND = 0.05
 
-# name: (recipe, mechanism, target, extra overrides)
+def _run(recipe, mechanism, target=None, extra=(), probe=None, steps=None):
+    """One training run: ``probe`` (see ``budget_probes.py``) patches the model; ``steps``
+    replaces ``--steps``."""
+    return {"recipe": recipe, "mechanism": mechanism, "target": target, "extra": list(extra), "probe": probe,
+            "steps": steps}
+
+
+CHARLM, LISTOPS = "seqboat-charlm", "seqboat-listops"
 RUNS = {
-    "charlm-free": ("seqboat-charlm", "free", None, []),
-    "charlm-ctl-0.1": ("seqboat-charlm", "controller", 0.1, []),
-    "charlm-ctl-0.25": ("seqboat-charlm", "controller", 0.25, []),
-    "charlm-ctl-0.5": ("seqboat-charlm", "controller", 0.5, []),
-    "charlm-st-0.1": ("seqboat-charlm", "straight_through", 0.1, []),
-    "charlm-st-0.25": ("seqboat-charlm", "straight_through", 0.25, []),
-    "charlm-loss-0.25": ("seqboat-charlm", "loss", 0.25, []),
-    "charlm-ema-only": ("seqboat-charlm", "ema_only", None, ["--model.variant", "ema_only"]),
-    "listops-free": ("seqboat-listops", "free", None, []),
-    "listops-ctl-0.25": ("seqboat-listops", "controller", 0.25, []),
+    "charlm-free": _run(CHARLM, "free"),
+    "charlm-free-seed1": _run(CHARLM, "free", extra=["--train.seed", "1"]),
+    "charlm-ctl-0.1": _run(CHARLM, "controller", 0.1),
+    "charlm-ctl-0.25": _run(CHARLM, "controller", 0.25),
+    "charlm-ctl-0.5": _run(CHARLM, "controller", 0.5),
+    "charlm-ctl-0.25-seed1": _run(CHARLM, "controller", 0.25, ["--train.seed", "1"]),
+    # what might make the budget cost less (see the Budget page)
+    "charlm-ctl-0.25-gate1": _run(CHARLM, "controller", 0.25, ["--model.straight_through", "true"]),
+    "charlm-ctl-0.25-warmup200": _run(CHARLM, "controller", 0.25, probe="target_warmup"),
+    "charlm-ctl-0.25-rate0.1": _run(CHARLM, "controller", 0.25, ["--model.density_rate", "0.1"]),
+    "charlm-ctl-0.25-temp0.25": _run(CHARLM, "controller", 0.25, ["--model.temperature_scale", "0.25"]),
+    "charlm-ctl-0.25-random-router": _run(CHARLM, "controller", 0.25, probe="random_router"),
+    "charlm-ctl-0.25-all-keys": _run(CHARLM, "controller", 0.25, probe="all_keys"),
+    "charlm-ctl-0.1-all-keys": _run(CHARLM, "controller", 0.1, probe="all_keys"),
+    "charlm-st-0.1": _run(CHARLM, "straight_through", 0.1),
+    "charlm-st-0.25": _run(CHARLM, "straight_through", 0.25),
+    "charlm-loss-0.25": _run(CHARLM, "loss", 0.25),
+    "charlm-ema-only": _run(CHARLM, "ema_only", extra=["--model.variant", "ema_only"]),
+    "charlm-free-1000": _run(CHARLM, "free", steps=1000),
+    "charlm-ctl-0.1-1000": _run(CHARLM, "controller", 0.1, steps=1000),
+    "charlm-ctl-0.25-1000": _run(CHARLM, "controller", 0.25, steps=1000),
+    "charlm-ctl-0.5-1000": _run(CHARLM, "controller", 0.5, steps=1000),
+    "charlm-ema-only-1000": _run(CHARLM, "ema_only", extra=["--model.variant", "ema_only"], steps=1000),
+    "listops-free": _run(LISTOPS, "free"),
+    "listops-ctl-0.1": _run(LISTOPS, "controller", 0.1),
+    "listops-ctl-0.25": _run(LISTOPS, "controller", 0.25),
+    "listops-ctl-0.5": _run(LISTOPS, "controller", 0.5),
 }
 
 
+def free_run(name: str) -> str:
+    """The free run a row is compared with: same task, same number of steps."""
+    spec = RUNS[name]
+    base = "charlm-free" if spec["recipe"] == CHARLM else "listops-free"
+    return base + (f"-{spec['steps']}" if spec["steps"] else "")
+
+
 def command(name: str, steps: int, out: Path) -> list[str]:
-    recipe, mechanism, target, extra = RUNS[name]
-    cmd = [sys.executable, "-m", "smakit.cli", "train", recipe, "--max-steps", str(steps), "--out", str(out),
-           "--no-progress", *extra]
-    if recipe == "seqboat-charlm":
+    spec = RUNS[name]
+    head = ["-m", "smakit.cli"] if spec["probe"] is None else [str(ROOT / "benchmarks" / "budget_probes.py"),
+                                                                spec["probe"]]
+    cmd = [sys.executable, *head, "train", spec["recipe"], "--max-steps", str(spec["steps"] or steps),
+           "--out", str(out), "--no-progress", *spec["extra"]]
+    if spec["recipe"] == CHARLM:
         cmd += ["--data.path", SHAKESPEARE]
-    if target is not None:
-        cmd += ["--model.density_target", str(target), "--model.density_mode", mechanism]
+    if spec["target"] is not None:
+        cmd += ["--model.density_target", str(spec["target"]), "--model.density_mode", spec["mechanism"]]
     return cmd
 
 
@@ -68,17 +104,22 @@ def run_one(name: str, steps: int, root: Path, fresh: bool) -> dict:
     return summary
 
 
-def row(name: str, summary: dict, free: dict) -> list:
-    recipe, mechanism, target, _ = RUNS[name]
-    test = summary["test"]
+def options(name: str) -> str:
+    spec = RUNS[name]
+    extra = " ".join(a for a in spec["extra"] if a != "--model.variant" and a != "ema_only")
+    return " ".join(x for x in (extra, spec["probe"] and f"probe {spec['probe']}") if x) or "-"
+
+
+def row(name: str, summary: dict, free: dict | None, steps: int) -> list:
+    spec = RUNS[name]
+    target, test = spec["target"], summary["test"]
     act = test.get("activation") or []
     held = "-" if target is None else ("yes" if all(abs(a - target) <= BAND for a in act) else "no")
-    if "bpc" in test:
-        quality, delta = f"{test['bpc']:.3f} bpc", f"{test['bpc'] - free['test']['bpc']:+.3f}"
-    else:
-        quality, delta = f"{test['accuracy']:.3f} acc", f"{test['accuracy'] - free['test']['accuracy']:+.3f}"
-    return [name, mechanism, "-" if target is None else target, " ".join(f"{a:.3f}" for a in act) or "-",
-            held, quality, delta, round(summary["minutes"], 1)]
+    key, unit = ("bpc", "bpc") if "bpc" in test else ("accuracy", "acc")
+    delta = "-" if free is None else f"{test[key] - free['test'][key]:+.3f}"
+    return [name, spec["mechanism"], "-" if target is None else target, options(name), spec["steps"] or steps,
+            " ".join(f"{a:.3f}" for a in act) or "-", held, f"{test[key]:.3f} {unit}", delta,
+            round(summary["minutes"], 1)]
 
 
 def plot(results: dict, path: Path) -> None:
@@ -87,24 +128,23 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     markers = {"controller": "o", "straight_through": "s", "loss": "x", "free": "*", "ema_only": "v"}
     for name, s in results.items():
-        recipe, mechanism, target, _ = RUNS[name]
-        if recipe != "seqboat-charlm":
+        spec = RUNS[name]
+        if spec["recipe"] != CHARLM or spec["steps"]:
             continue
-        act = s["test"].get("activation") or [0.0]
-        ax1.scatter(sum(act) / len(act), s["test"]["bpc"], marker=markers[mechanism], s=60,
-                    label=f"{mechanism}" + ("" if target is None else f" {target}"))
+        target, act = spec["target"], s["test"].get("activation") or [0.0]
+        ax1.scatter(sum(act) / len(act), s["test"]["bpc"], marker=markers[spec["mechanism"]], s=50, label=name)
         if target is not None:
-            ax2.scatter([target] * len(act), act, marker=markers[mechanism], s=50, label=f"{mechanism} {target}")
+            ax2.scatter([target] * len(act), act, marker=markers[spec["mechanism"]], s=40, label=name)
     ax1.set(xlabel="test activation (mean over layers)", ylabel="test bpc", title="char-LM: quality vs compute")
-    ax1.legend(fontsize=7)
+    ax1.legend(fontsize=6)
     xs = [0, 0.6]
     ax2.plot(xs, xs, "k--", lw=1)
     ax2.fill_between(xs, [x - BAND for x in xs], [x + BAND for x in xs], color="g", alpha=0.15, label="target +- 0.05")
     ax2.set(xlabel="density_target", ylabel="test activation per layer", title="char-LM: does the budget hold?")
-    ax2.legend(fontsize=7)
+    ax2.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -117,6 +157,9 @@ def main():
     parser.add_argument("--out-root", default="/tmp/smakit-budget")
     parser.add_argument("--fresh", action="store_true", help="rerun runs that already have a summary")
     args = parser.parse_args()
+    unknown = [n for n in args.names if n not in RUNS]
+    if unknown:
+        parser.error(f"unknown run {unknown[0]!r}; known: {', '.join(RUNS)}")
     root = Path(args.out_root)
     root.mkdir(parents=True, exist_ok=True)
     load_before, env = os.getloadavg(), machine()  # the commit the runs use
@@ -124,17 +167,16 @@ def main():
         futures = {n: pool.submit(run_one, n, args.steps, root, args.fresh) for n in args.names}
         results = {n: f.result() for n, f in futures.items()}
     load_after = os.getloadavg()
-    rows = []
-    for name, s in results.items():
-        free_name = "charlm-free" if RUNS[name][0] == "seqboat-charlm" else "listops-free"
-        rows.append(row(name, s, results.get(free_name, s)))
-    header = ["run", "mechanism", "target", "test activation per layer", f"in target +- {BAND}", "test",
-              "vs free", "minutes"]
-    table = (f"# The compute budget: does density_target hold?\n\n{args.steps} steps, CPU presets, device "
+    rows = [row(name, s, results.get(free_run(name)), args.steps) for name, s in results.items()]
+    header = ["run", "mechanism", "target", "options", "steps", "test activation per layer",
+              f"in target +- {BAND}", "test", "vs free", "minutes"]
+    table = (f"# The compute budget: does density_target hold, and what does it cost?\n\nCPU presets, device "
              f"{env['device']}, commit {env['commit']}, load average {load_before[0]:.1f} before / "
-             f"{load_after[0]:.1f} after (1 min).\n\n" + markdown_table(header, rows))
+             f"{load_after[0]:.1f} after (1 min). 'vs free': against the free run of the same task and "
+             f"steps. Probes (see `benchmarks/budget_probes.py`) are what-if runs at full compute.\n\n"
+             + markdown_table(header, rows))
     write("budget", {"machine": env, "steps": args.steps, "load_average": [load_before, load_after],
-                     "commands": {n: command(n, args.steps, root / n)[2:] for n in results}, "results": results},
+                     "commands": {n: command(n, args.steps, root / n)[1:] for n in results}, "results": results},
           table)
     plot(results, RESULTS / "budget.png")
     print(table)

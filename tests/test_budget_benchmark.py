@@ -1,0 +1,58 @@
+"""``benchmarks/budget.py``: every run's command is a valid recipe; the table compares like with like;
+the probes patch what they say."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import budget  # noqa: E402
+import budget_probes  # noqa: E402
+
+from smakit.cli import build_parser  # noqa: E402
+from smakit.routing.budget import BudgetController  # noqa: E402
+from smakit.train import load_recipe, parse_overrides  # noqa: E402
+from smakit.train.validate import check_model_table  # noqa: E402
+
+
+@pytest.mark.parametrize("name", list(budget.RUNS))
+def test_every_run_is_a_valid_command(name, tmp_path):
+    cmd = budget.command(name, 400, tmp_path / name)
+    i = cmd.index("train")
+    assert cmd[i + 1] == budget.RUNS[name]["recipe"]
+    args, extra = build_parser().parse_known_args(cmd[i:])  # as `smakit train` reads it
+    assert args.out == str(tmp_path / name)
+    overrides = parse_overrides(extra)
+    recipe = load_recipe(args.recipe, args.preset, overrides)
+    check_model_table(recipe.model)
+    assert overrides["max_steps"] == (budget.RUNS[name]["steps"] or 400)
+    if budget.RUNS[name]["probe"]:
+        assert budget.RUNS[name]["probe"] in budget_probes.PROBES
+
+
+def test_rows_compare_with_the_free_run_of_the_same_task_and_length():
+    assert budget.free_run("charlm-ctl-0.25") == "charlm-free"
+    assert budget.free_run("charlm-ctl-0.25-1000") == "charlm-free-1000"
+    assert budget.free_run("listops-ctl-0.1") == "listops-free"
+    assert all(budget.free_run(n) in budget.RUNS for n in budget.RUNS)
+    summary = {"test": {"bpc": 2.9, "activation": [0.24, 0.31]}, "minutes": 1.0}
+    free = {"test": {"bpc": 2.8, "activation": [1.0, 1.0]}, "minutes": 1.0}
+    cells = budget.row("charlm-ctl-0.25", summary, free, 400)
+    assert cells[6] == "no" and cells[8] == "+0.100"  # 0.31 is outside 0.25 +- 0.05
+
+
+def test_target_warmup_probe_anneals_from_one(monkeypatch):
+    monkeypatch.setattr(BudgetController, "update", budget_probes.warmup_update)
+    monkeypatch.setattr(budget_probes, "WARMUP", 4)
+    ctl = BudgetController(1, 0.2, rate=1.0)
+    module_scores = torch.linspace(-1, 1, 100)
+    ratios = []
+    for _ in range(6):  # the router hands over its scores with the bias in them
+        ctl.update(torch.stack([torch.zeros(100), module_scores + ctl.bias], -1)[None], None)
+        ratios.append(((module_scores + ctl.bias) > 0).float().mean().item())
+    assert ratios[0] == pytest.approx(1.0, abs=0.02) and ratios[2] == pytest.approx(0.6, abs=0.02)
+    assert ratios[-1] == pytest.approx(0.2, abs=0.02)
+    assert ctl.target.item() == pytest.approx(0.2)  # the stored target is untouched
