@@ -86,6 +86,8 @@ def command(name: str, steps: int, out: Path) -> list[str]:
         cmd += ["--data.path", SHAKESPEARE]
     if spec["target"] is not None:
         cmd += ["--model.density_target", str(spec["target"]), "--model.density_mode", spec["mechanism"]]
+    elif spec["mechanism"] == "free":  # seqboat-listops has a default budget
+        cmd += ["--model.density_target", "none"]
     return cmd
 
 

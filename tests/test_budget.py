@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -304,3 +305,26 @@ def test_controller_compiles_fullgraph_and_matches_eager():
         torch.testing.assert_close(compiled(x), eager(x))
     assert eager.router.budget.bias.item() != 0
     torch.testing.assert_close(layer.router.budget.bias, eager.router.budget.bias)
+
+
+def test_accumulated_micro_batches_step_the_budget_like_one_batch():
+    from smakit.routing import accumulate_budgets
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 12, D)
+    mask = torch.rand(4, 12) > 0.2
+    one = sma(MLP(D, 16), dim=D, density_target=0.3).train()
+    micro = copy.deepcopy(one)
+    one(x, mask)
+    with accumulate_budgets(micro):
+        micro(x[:2], mask[:2])
+        assert (micro.router.budget.bias == 0).all()  # held still inside the block
+        micro(x[2:], mask[2:])
+    torch.testing.assert_close(micro.router.budget.bias, one.router.budget.bias)
+    with pytest.raises(RuntimeError, match="stop"), accumulate_budgets(micro):
+        before = micro.router.budget.bias.clone()
+        micro(x, mask)
+        raise RuntimeError("stop")
+    assert torch.equal(micro.router.budget.bias, before)  # no step from a failed block
+    micro(x, mask)  # outside a block it steps at once again
+    assert not torch.equal(micro.router.budget.bias, before)

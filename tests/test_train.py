@@ -51,6 +51,23 @@ def test_overrides_parse_like_toml_and_reject_unknown_keys():
         load_recipe("no-such-recipe")
 
 
+def test_none_unsets_a_key_and_listops_has_a_default_budget_its_baselines_drop():
+    from smakit.models import SeqBoat
+
+    def build(recipe):
+        return SeqBoat(vocab_size=20, n_classes=10, **{k: v for k, v in recipe.model.items() if k != "arch"})
+
+    recipe = load_recipe("seqboat-listops", overrides={**TINY})
+    assert recipe.model["density_target"] == 0.25
+    assert build(recipe).layers[0].attn.router.budget is not None
+    free = load_recipe("seqboat-listops", overrides={**TINY, "model.density_target": "none"})
+    assert "density_target" not in free.model
+    assert build(free).layers[0].attn.router.budget is None
+    for baseline in ("seqboat-full-listops", "ema-only-listops", "mega-chunk-listops", "transformer-listops"):
+        assert "density_target" not in load_recipe(baseline).model, baseline
+    assert parse_overrides(["--model.density_target", "none"]) == {"model.density_target": "none"}
+
+
 def test_batches_are_a_deterministic_stream_split_across_ranks():
     a = StepBatchSampler(20, 3, seed=1, rank=0, world_size=2)
     b = StepBatchSampler(20, 3, seed=1, rank=1, world_size=2)

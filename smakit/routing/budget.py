@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
@@ -68,6 +70,7 @@ class BudgetController(nn.Module):
         self.rate = float(rate)
         self.register_buffer("target", torch.tensor(check_density_target(target, num_modules)))
         self.register_buffer("bias", torch.zeros(num_modules))
+        self._pending: list[Tensor] | None = None  # counts of micro-batches while accumulating
 
     def reset(self) -> None:
         self.bias.zero_()
@@ -82,7 +85,17 @@ class BudgetController(nn.Module):
     @torch.no_grad()
     def update(self, scores: Tensor, mask: Tensor | None) -> None:
         """One step from the scores that made the decision (``[B, L, 1 + M]``, option 0 =
-        skip, bias included) and ``mask [B, L]`` (True = real token)."""
+        skip, bias included) and ``mask [B, L]`` (True = real token). Inside
+        :func:`accumulate_budgets` the counts wait for the end of the block instead."""
+        counts = self._counts(scores, mask)
+        if self._pending is not None:
+            self._pending.append(counts)
+        else:
+            self._step(counts)
+
+    def _counts(self, scores: Tensor, mask: Tensor | None) -> Tensor:
+        """``[M, K + 1]`` int64: for each candidate move, the real tokens module ``m`` would
+        win; the last column counts the real tokens."""
         M = scores.shape[-1] - 1
         s = scores.detach().float().reshape(-1, M + 1)  # [N, 1 + M]
         real = torch.ones(s.shape[0], dtype=torch.bool, device=s.device) if mask is None else mask.reshape(-1)
@@ -94,8 +107,12 @@ class BudgetController(nn.Module):
         moves = _offsets().to(s.device)  # [K]
         # tokens with margin > -move, for each move, by counting in the sorted margins
         below = torch.searchsorted(margin.sort(-1).values, (-moves).expand(M, -1).contiguous(), right=True)
-        counts = torch.cat([margin.shape[1] - below, real.sum().expand(M, 1)], -1)  # int64: exact sums
+        return torch.cat([margin.shape[1] - below, real.sum().expand(M, 1)], -1)  # int64: exact sums
+
+    def _step(self, counts: Tensor) -> None:
+        """Move the bias toward the value that gives the target on ``counts`` (all ranks)."""
         counts = _sum_over_ranks(counts)  # [M, K + 1]
+        moves = _offsets().to(counts.device)
         n = counts[:, -1:].float()
         ratio = counts[:, :-1].float() / n.clamp(min=1)  # [M, K], nondecreasing in the move
         t = self.target.float().unsqueeze(-1)
@@ -107,3 +124,37 @@ class BudgetController(nn.Module):
 
     def extra_repr(self) -> str:
         return f"target={[round(t, 4) for t in self.target.tolist()]}, rate={self.rate}"
+
+
+@contextmanager
+def accumulate_budgets(model: nn.Module):
+    """Hold every budget controller in ``model`` still for a block of micro-batches, then step
+    each once on their summed counts, as one forward of the whole batch would.
+
+    Gradient accumulation then equals one big batch for a budgeted model too: every
+    micro-batch is routed with the same bias. On an exception no step is taken.
+
+    Examples::
+
+        >>> from smakit import sma
+        >>> layer = sma(nn.Linear(8, 8), dim=8, density_target=0.5)
+        >>> with accumulate_budgets(layer):
+        ...     for _ in range(2):
+        ...         _ = layer(torch.randn(2, 6, 8))
+        ...     held = layer.router.budget.bias.clone()
+        >>> bool((held == 0).all()), bool((layer.router.budget.bias != 0).any())
+        (True, True)
+    """
+    controllers = [m for m in model.modules() if isinstance(m, BudgetController)]
+    for c in controllers:
+        c._pending = []
+    try:
+        yield
+    except BaseException:
+        for c in controllers:
+            c._pending = None
+        raise
+    for c in controllers:
+        pending, c._pending = c._pending, None
+        if pending:
+            c._step(torch.stack(pending).sum(0))

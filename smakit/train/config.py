@@ -20,6 +20,7 @@ except ModuleNotFoundError:  # Python 3.10
 SECTIONS = ("data", "model", "train")
 DEFAULT_PRESET = "cpu"
 NO_PRESET = "none"  # ``--preset none``: the recipe's base tables only
+UNSET = "none"  # a table value ``"none"`` (``--model.density_target none``) removes the key: its default applies
 
 
 def recipes_dir() -> Path:
@@ -72,6 +73,9 @@ def load_recipe(name_or_path: str, preset: str | None = DEFAULT_PRESET, override
             preset runs its base tables under the default too. Default: ``"cpu"``.
         overrides (dict, optional): ``{"train.max_steps": 30, "dim": 64, ...}``; a key
             without a section is looked up in ``train``, ``model``, ``data`` in that order.
+            The value ``"none"`` removes the key, so the model's or trainer's own default
+            applies (TOML has no null): ``--model.density_target none`` turns a recipe's
+            default budget off.
     """
     path = Path(name_or_path)
     if path.suffix != ".toml":
@@ -91,6 +95,10 @@ def load_recipe(name_or_path: str, preset: str | None = DEFAULT_PRESET, override
         recipe.preset = preset
         apply_overrides(recipe, recipe.presets[preset])
     apply_overrides(recipe, overrides or {})
+    for section in SECTIONS:
+        table = getattr(recipe, section)
+        for key in [k for k, v in table.items() if v == UNSET]:
+            del table[key]
     return recipe
 
 

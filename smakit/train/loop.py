@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from ..data import bits_per_byte
 from ..data.base import IGNORE_INDEX
+from ..routing.budget import accumulate_budgets
 from ..routing.stats import collect_routing_stats, summarize_routing
 from ..sma import aux_losses
 from . import distributed as dist
@@ -411,16 +412,17 @@ class Trainer:
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "correct": 0, "count": 0, "tokens": 0}
-        for micro in range(cfg.grad_accum):
-            inputs, mask, targets = self._to_device(next(batches))
-            sync = micro == cfg.grad_accum - 1
-            with dist.maybe_no_sync(self.ddp_model, sync):
-                total, loss, acc = self.forward(self.ddp_model, inputs, mask, targets)
-                (total / cfg.grad_accum).backward()
-            totals["loss"] += loss.item() / cfg.grad_accum
-            totals["correct"] += int(acc["correct"])
-            totals["count"] += int(acc["count"])
-            totals["tokens"] += int(mask.sum()) * self.ctx.world_size
+        with accumulate_budgets(self.model):  # every micro-batch routed with the same budget bias
+            for micro in range(cfg.grad_accum):
+                inputs, mask, targets = self._to_device(next(batches))
+                sync = micro == cfg.grad_accum - 1
+                with dist.maybe_no_sync(self.ddp_model, sync):
+                    total, loss, acc = self.forward(self.ddp_model, inputs, mask, targets)
+                    (total / cfg.grad_accum).backward()
+                totals["loss"] += loss.item() / cfg.grad_accum
+                totals["correct"] += int(acc["correct"])
+                totals["count"] += int(acc["count"])
+                totals["tokens"] += int(mask.sum()) * self.ctx.world_size
         norm = math.nan
         if cfg.grad_clip:
             norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
