@@ -9,7 +9,7 @@
 import pytest
 import torch
 
-from smakit.modules import MultiHeadEMA, fft_causal_conv, local_attention
+from smakit.modules import LocalGatedAttention, MultiHeadEMA, fft_causal_conv, local_attention
 from smakit.modules.attention import _blocking, _local_attention_ref
 from smakit.modules.ema import fft_two_sided_conv
 from smakit.modules.position import RelativePositionBias, relative_bias_ref, relative_bucket
@@ -71,13 +71,15 @@ ATTN_CASES = [(c, a, ch) for c in (True, False) for a in ("softmax", "relu2") fo
 @pytest.mark.parametrize("causal,attention,chunked", ATTN_CASES,
                          ids=[f"causal{c}-{a}-chunked{ch}" for c, a, ch in ATTN_CASES])
 @pytest.mark.parametrize("K,window", [(5, 4), (13, 4), (29, 3), (1, 2), (71, 16)], ids=lambda v: str(v))
-def test_local_attention_matches_dense_reference_fp32(causal, attention, chunked, K, window):
-    """Both paths (K <= band: one block; K > band: banded blocks), sparse positions, padding rows."""
+@pytest.mark.parametrize("sparse", [True, False], ids=["positions", "slots"])
+def test_local_attention_matches_dense_reference_fp32(causal, attention, chunked, K, window, sparse):
+    """Both blockings (K <= band: one block; K > band: banded blocks), padding rows; sparse
+    positions (a bias per row) or none (slots are positions: one bias shared by all rows)."""
     torch.manual_seed(K + window)
     B, S, E = 3, 6, 5
     q, k, v = (torch.randn(B, K, d, requires_grad=True) for d in (S, S, E))
     mask = torch.arange(K) < torch.tensor([[K], [max(K - 4, 0)], [1]])
-    positions = torch.where(mask, torch.arange(K) * 3 + torch.arange(B)[:, None], -1)
+    positions = torch.where(mask, torch.arange(K) * 3 + torch.arange(B)[:, None], -1) if sparse else None
     bias = RelativePositionBias(8, 16, bidirectional=not causal)
     with torch.no_grad():
         bias.weight.normal_(0.0, 1.0)
@@ -85,6 +87,21 @@ def test_local_attention_matches_dense_reference_fp32(causal, attention, chunked
     w = torch.randn(B, K, E)
     assert_same(lambda: local_attention(q, k, v, window, **kw)[0], lambda: _local_attention_ref(q, k, v, window, **kw),
                 [q, k, v, bias.weight], w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal,chunked", [(True, False), (False, False), (False, True)])
+@pytest.mark.parametrize("K,window", [(37, 5), (9, 16)], ids=lambda v: str(v))
+def test_gau_shared_bias_equals_per_row_bias(causal, chunked, K, window):
+    """No positions (one bias for all rows) == the same slots given as positions (a bias per row)."""
+    torch.manual_seed(K)
+    gau = LocalGatedAttention(8, window, 6, causal=causal, chunked=chunked, max_distance=20)
+    with torch.no_grad():
+        gau.bias.weight.normal_(0.0, 1.0)
+    mask = torch.arange(K) < torch.tensor([[K], [K - 7], [3]])
+    x = torch.randn(3, K, 8, requires_grad=True)
+    params = [x, *gau.parameters()]
+    assert_same(lambda: gau(x, mask=mask), lambda: gau(x, mask=mask, positions=torch.arange(K).expand(3, K)),
+                params, torch.randn(3, K, 8) * mask[..., None], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -117,6 +117,10 @@ class RelativePositionBias(nn.Module):
         """Bias of each bucket id (int32 or int64, any shape)."""
         return self.weight.index_select(0, bucket.flatten()).view(bucket.shape)
 
+    def distance_table(self) -> Tensor:
+        """``[2 * max_distance + 1]`` bias of each distance ``-max_distance ... max_distance``."""
+        return self.weight.index_select(0, self.bucket_of)
+
     def masked(self, pos_q: Tensor, pos_k: Tensor, masked: Tensor, fill: float) -> Tensor:
         """Bias of ``pos_q - pos_k`` (broadcast), ``fill`` (no gradient) where ``masked`` is True.
 
