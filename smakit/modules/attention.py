@@ -57,6 +57,14 @@ def _blockwise_applies(q: Tensor, k: Tensor, v: Tensor, bias: nn.Module | None, 
             and (bias is None or isinstance(bias, RelativePositionBias)))
 
 
+def _slots_are_positions(positions: Tensor, mask: Tensor, q: Tensor) -> bool:
+    """Whether every real slot's position is its slot index (CPU eager only: it reads the data)."""
+    if q.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    slots = torch.arange(positions.shape[1], device=positions.device, dtype=positions.dtype)
+    return bool(((positions == slots) | ~mask).all())
+
+
 def _mask_value(q: Tensor, k: Tensor) -> float:
     """A finite score that softmax and relu^2 turn into exactly 0, in the dtype the scores use.
 
@@ -181,6 +189,8 @@ def local_attention(
         blocked = (d > 0) | (d <= -w)
     else:
         blocked = d.abs() > w  # [b, Kw]
+    if not shared and exists(bias) and _slots_are_positions(positions, mask, q):
+        shared = True  # e.g. behind sma when every row routed all its real tokens
     if shared and exists(bias):  # one [b, Kw] bias for every block of every row
         band = bias(-d).to(q.dtype).masked_fill(blocked, fill)
     else:
