@@ -55,7 +55,8 @@ class BlockwiseAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, key_add, band, table, qpos, kpos, nb: int, attention: str, window: int):
         N, b, _ = q.shape
         ctx.b, ctx.Kw, ctx.attention, ctx.window = b, nb * b, attention, window
-        ctx.chunk = max(1, CHUNK_ELEMS // (b * ctx.Kw))
+        # more threads: bigger chunks, so each op's parallel region has enough work
+        ctx.chunk = max(1, CHUNK_ELEMS * torch.get_num_threads() // (b * ctx.Kw))
         out = v.new_empty(N, b, v.shape[-1])
         for g0 in range(0, N, ctx.chunk):
             g1 = min(g0 + ctx.chunk, N)

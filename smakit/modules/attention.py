@@ -138,10 +138,16 @@ def local_attention(
     ``window`` slots instead (causal within the block). Padding slots (``mask`` False) are
     never attended to, and padding queries return zeros.
 
-    The position bias and the mask enter as one additive tensor (masked pairs read a large
-    negative score), fused into the score matmul (``baddbmm``); a
-    :class:`~smakit.modules.position.RelativePositionBias` is read from its bucket table in
-    one gather. ``_local_attention_ref`` is the dense ``O(K^2)`` reference.
+    Queries are split into blocks that each see a band of keys. Without ``positions`` the
+    slots are the positions (also detected when ``positions`` equal the slots on every real
+    slot, on CPU), so the bias of a slot offset is the same in every block and row: it is
+    computed once, ``[block, band]``, and enters the score matmul as ``baddbmm``'s input
+    with the out-of-window pairs. Otherwise a
+    :class:`~smakit.modules.position.RelativePositionBias` is read per pair from a table of
+    every distance. On CPU (eager, float32/64, no attention dropout) a few blocks are
+    computed at a time and backward recomputes their scores
+    (``BlockwiseAttention`` in ``smakit/modules/_blockwise.py``); elsewhere all blocks at once.
+    ``_local_attention_ref`` is the dense ``O(K^2)`` reference.
 
     Args:
         q, k (Tensor): ``[B, K, S]``; v (Tensor): ``[B, K, E]``.
@@ -356,7 +362,11 @@ class LocalGatedAttention(nn.Module):
             self.bias.reset_parameters()
 
     def _project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        u, v, z = F.silu(self.proj(x)).split([self.value_dim, self.value_dim, self.qk_dim], dim=-1)
+        # three products from slices of one weight, not one product split: each output stays under
+        # glibc's 32 MB mmap threshold at B=32, L=1K (no page faults per step) and backward needs no cat
+        W, b = self.proj.weight, self.proj.bias
+        E, S = self.value_dim, self.qk_dim
+        u, v, z = (F.silu(F.linear(x, W[i:j], b[i:j])) for i, j in ((0, E), (E, 2 * E), (2 * E, 2 * E + S)))
         q = z * self.qk_scale[0] + self.qk_offset[0]
         k = z * self.qk_scale[1] + self.qk_offset[1]
         if exists(self.inv_freq):

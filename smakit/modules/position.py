@@ -90,6 +90,8 @@ class RelativePositionBias(nn.Module):
         >>> future = q[..., None] < k[..., None, :]
         >>> bias.masked(q[..., None], k[..., None, :], future, fill=-1e9).shape
         torch.Size([1, 2, 3])
+        >>> bias.distance_table().shape        # bias of every distance -128 ... 128
+        torch.Size([257])
     """
 
     def __init__(self, num_buckets: int = 32, max_distance: int = 1024, bidirectional: bool = False):
