@@ -117,6 +117,17 @@ def test_shared_bias_equals_per_row_bias(causal, chunked, K, window, path, monke
                 [q, k, v, bias.weight], torch.randn(3, K, 5), rtol=1e-5, atol=1e-5)
 
 
+def test_far_positions_match_reference():
+    """Positions beyond the distance table's limit take the vectorised path, still exact."""
+    torch.manual_seed(5)
+    q, k, v = (torch.randn(2, 23, 4, requires_grad=True) for _ in range(3))
+    positions = torch.arange(23).expand(2, 23) * 3 + attention_module.MAX_TABLE_POSITION
+    bias = RelativePositionBias(8, 16, bidirectional=True)
+    kw = dict(causal=False, positions=positions, bias=bias)
+    assert_same(lambda: local_attention(q, k, v, 3, **kw)[0], lambda: _local_attention_ref(q, k, v, 3, **kw),
+                [q, k, v, bias.weight], torch.randn(2, 23, 4), rtol=1e-5, atol=1e-5)
+
+
 def test_slots_as_positions_take_the_shared_bias():
     """Positions equal to the slots on every real slot (sma with every token routed) are detected."""
     mask = torch.arange(6) < torch.tensor([[6], [4]])

@@ -22,6 +22,7 @@ from ._blockwise import BlockwiseAttention
 from .position import RelativePositionBias, _rotary_cos_sin, _rotate, rotary_frequencies
 
 ATTENTIONS = ("softmax", "relu2")
+MAX_TABLE_POSITION = 2**20  # larger positions take the vectorised path, which clamps distances
 
 
 def _look_around(t: Tensor, block: int, before: int, after: int, fill) -> Tensor:
@@ -203,11 +204,14 @@ def local_attention(
         band = torch.zeros(blocked.shape, dtype=q.dtype, device=device).masked_fill_(blocked, fill)
     per_row = exists(bias) and not shared
 
-    if _blockwise_applies(q, k, v, bias if per_row else None, dropout, training):
+    blockwise = _blockwise_applies(q, k, v, bias if per_row else None, dropout, training)
+    if blockwise and per_row:
+        P = int(positions.max()) + 1  # positions (-1 on padding) are in [-1, P)
+        blockwise = P <= MAX_TABLE_POSITION  # the distance table has 3P + 2 entries
+    if blockwise:
         rows = lambda t: F.pad(t.reshape(B * n * b, *t.shape[2:]), (0, 0, before * b, after * b))  # noqa: E731
         table = qpos = kpos = key_add = None
         if per_row:  # index a table of every distance directly: no clamp, and masked keys read `fill`
-            P = int(positions.max()) + 1  # positions (-1 on padding) are in [-1, P)
             table = bias.distance_table().index_select(0, (torch.arange(-P, P + 1, device=device)
                                                            + bias.max_distance).clamp_(0, 2 * bias.max_distance))
             table = torch.cat((table.new_full((P + 1,), fill), table))  # [3P + 2]: fill, then distances -P..P
