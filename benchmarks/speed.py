@@ -10,8 +10,9 @@ classification loss; one step = zero_grad + forward + loss + backward (no optimi
 
 * Variants (``SeqBoat``: free router at init; ``SeqBoat-full``; ``Mega-chunk``; ``EMA-only``;
   ``Transformer``: full attention + MLP, 4 heads) are timed interleaved, round-robin, one
-  step each per round, after a warm-up step; the median wall time over rounds is reported,
-  so a change in machine load hits every variant alike.
+  step each per round (the order rotating each round), after a warm-up step; the median
+  wall time over rounds is reported with its spread (min-max), so a change in machine load
+  hits every variant alike.
 * Forced activation ratio ``r``: each layer's router is wrapped by :class:`FixedRatioRouter`
   (benchmark only), which runs the real router (its cost is kept) and then activates a
   fixed random ``round(r * n_real)`` tokens of every row, gated by the router probability.
@@ -115,17 +116,21 @@ def train_step(model: nn.Module, batch) -> None:
 def interleaved(models: dict, batch, rounds: int, metric: str = "wall") -> dict[str, dict]:
     """Median ms of one train step per model, timed round-robin after a warm-up.
 
-    ``ms`` is the median of ``metric`` (``"wall"`` or ``"cpu"``: process CPU time, which on a
-    loaded machine with one thread does not count waiting); both are kept.
+    Every round times each model once; the order rotates by one model per round, so no
+    model always runs after the same one (a neighbour that frees or touches a lot of memory
+    changes the next step's page faults). ``ms`` is the median of ``metric`` (``"wall"`` or
+    ``"cpu"``: process CPU time, which on a loaded machine with one thread does not count
+    waiting); both are kept, with every round's value and the spread (min, max).
     """
     for m in models.values():
         train_step(m, batch)
+    names = list(models)
     wall = {k: [] for k in models}
     cpu = {k: [] for k in models}
-    for _ in range(rounds):
-        for k, m in models.items():
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
             t0, c0 = time.perf_counter(), time.process_time()
-            train_step(m, batch)
+            train_step(models[k], batch)
             wall[k].append((time.perf_counter() - t0) * 1e3)
             cpu[k].append((time.process_time() - c0) * 1e3)
     out = {}
@@ -133,8 +138,16 @@ def interleaved(models: dict, batch, rounds: int, metric: str = "wall") -> dict[
         stats = m.routing_stats()
         ratio = statistics.fmean(stats["ratio"]) if stats["ratio"] else 1.0
         w, c = statistics.median(wall[k]), statistics.median(cpu[k])
-        out[k] = {"ms": c if metric == "cpu" else w, "wall_ms": w, "cpu_ms": c, "ratio": ratio}
+        samples = cpu[k] if metric == "cpu" else wall[k]
+        out[k] = {"ms": c if metric == "cpu" else w, "wall_ms": w, "cpu_ms": c, "ratio": ratio,
+                  "min_ms": min(samples), "max_ms": max(samples),
+                  "wall_samples": [round(x, 1) for x in wall[k]], "cpu_samples": [round(x, 1) for x in cpu[k]]}
     return out
+
+
+def rounds_at(rounds: int, L: int) -> int:
+    """Fewer rounds at the longest lengths, where one Transformer step takes seconds."""
+    return max(3, rounds - (4 if L >= 4096 else 2 if L >= 2048 else 0))
 
 
 def load() -> list[float]:
@@ -168,7 +181,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer lengths and rounds (smoke run)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per length (default 5, quick 3)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="timed rounds per length up to 1K (default 9, quick 3); 2 fewer at 2K, 4 fewer at 4K")
     parser.add_argument("--metric", choices=["wall", "cpu"], default="wall",
                         help="wall (default) or process CPU time (with --threads 1 on a loaded machine)")
     args = parser.parse_args()
@@ -176,15 +190,14 @@ def main():
     B = args.batch
     lengths = [128, 256, 1024] if args.quick else [128, 256, 512, 1024, 2048, 4096]
     sweep_lengths = [1024] if args.quick else [1024, 4096]
-    rounds = args.rounds or (3 if args.quick else 5)
+    rounds = args.rounds or (3 if args.quick else 9)
     load_before, t_start = load(), time.perf_counter()
     print(f"speed: B={B}, {SHAPES}, threads={args.threads}, load {load_before}")
 
     table = {}
     for L in lengths:
         models = {v: make_model(v) for v in VARIANTS}
-        r_rounds = max(1, rounds - 2) if L >= 2048 else rounds
-        table[L] = interleaved(models, make_batch(B, L), r_rounds, args.metric)
+        table[L] = interleaved(models, make_batch(B, L), rounds_at(rounds, L), args.metric)
         print(f"  L={L:5d} " + "  ".join(f"{NAMES[v]} {table[L][v]['ms']:8.1f}" for v in VARIANTS)
               + f"  (SeqBoat ratio {table[L]['seqboat']['ratio']:.2f}, load {load()})")
 
@@ -192,7 +205,7 @@ def main():
     for L in sweep_lengths:
         models = {"seqboat_full": make_model("seqboat_full"), "ema_only": make_model("ema_only")}
         models.update({f"r={r}": make_model("seqboat", r) for r in RATIOS})
-        sweep[L] = interleaved(models, make_batch(B, L), rounds, args.metric)
+        sweep[L] = interleaved(models, make_batch(B, L), rounds_at(rounds, L) + 2, args.metric)
         print(f"  r sweep L={L}: "
               + "  ".join(f"{k} {v['ms']:.1f} (ratio {v['ratio']:.2f})" for k, v in sweep[L].items()))
 
@@ -212,11 +225,13 @@ def main():
           f"{info['device']}, torch {info['torch']}, commit {info['commit']}; load average (1/5/15 min) "
           f"{load_before} before, {load_after} after; B={B}, d 64, 2 bidirectional layers, q/k 32, value 128, "
           f"window 128, padding; {args.threads} thread(s); median {args.metric} ms of zero_grad + forward + loss + "
-          f"backward over {rounds} interleaved rounds ({max(1, rounds - 2)} at L >= 2048 in the variants table) "
+          f"backward over {rounds} interleaved rounds ({rounds_at(rounds, 2048)} at 2K, {rounds_at(rounds, 4096)} at 4K; "
+          f"{rounds_at(rounds, 1024) + 2} and {rounds_at(rounds, 4096) + 2} in the r sweep), order rotating each round; "
+          f"cells: median (min-max) "
           f"(`python {' '.join(['benchmarks/speed.py', *sys.argv[1:]])}`).\n",
           "## Variants\n",
           markdown_table(["L", *(NAMES[v] for v in VARIANTS), "Full / Transformer", "SeqBoat ratio"],
-                         [[L, *(f"{row[v]['ms']:.0f}" for v in VARIANTS),
+                         [[L, *(f"{row[v]['ms']:.0f} ({row[v]['min_ms']:.0f}-{row[v]['max_ms']:.0f})" for v in VARIANTS),
                            row["seqboat_full"]["ms"] / row["transformer"]["ms"], row["seqboat"]["ratio"]]
                           for L, row in table.items()]),
           "\n## Forced activation ratio\n",

@@ -9,6 +9,8 @@
 import pytest
 import torch
 
+import smakit.modules._blockwise as blockwise_module
+import smakit.modules.attention as attention_module
 from smakit.modules import MultiHeadEMA, fft_causal_conv, local_attention
 from smakit.modules.attention import _blocking, _local_attention_ref
 from smakit.modules.ema import fft_two_sided_conv
@@ -71,13 +73,21 @@ ATTN_CASES = [(c, a, ch) for c in (True, False) for a in ("softmax", "relu2") fo
 @pytest.mark.parametrize("causal,attention,chunked", ATTN_CASES,
                          ids=[f"causal{c}-{a}-chunked{ch}" for c, a, ch in ATTN_CASES])
 @pytest.mark.parametrize("K,window", [(5, 4), (13, 4), (29, 3), (1, 2), (71, 16)], ids=lambda v: str(v))
-def test_local_attention_matches_dense_reference_fp32(causal, attention, chunked, K, window):
-    """Both paths (K <= band: one block; K > band: banded blocks), sparse positions, padding rows."""
+@pytest.mark.parametrize("sparse", [True, False], ids=["positions", "slots"])
+@pytest.mark.parametrize("path", ["blockwise", "vectorised"])
+def test_local_attention_matches_dense_reference_fp32(causal, attention, chunked, K, window, sparse, path, monkeypatch):
+    """Both blockings (K <= band: one block; K > band: banded blocks), padding rows; sparse
+    positions (a bias per row) or none (slots are positions: one bias shared by all rows);
+    the CPU blockwise path and the vectorised one (GPU, compile, autocast, dropout)."""
+    if path == "vectorised":
+        monkeypatch.setattr(attention_module, "_blockwise_applies", lambda *a: False)
+    else:
+        monkeypatch.setattr(blockwise_module, "CHUNK_ELEMS", 40)  # several chunks even at these sizes
     torch.manual_seed(K + window)
     B, S, E = 3, 6, 5
     q, k, v = (torch.randn(B, K, d, requires_grad=True) for d in (S, S, E))
     mask = torch.arange(K) < torch.tensor([[K], [max(K - 4, 0)], [1]])
-    positions = torch.where(mask, torch.arange(K) * 3 + torch.arange(B)[:, None], -1)
+    positions = torch.where(mask, torch.arange(K) * 3 + torch.arange(B)[:, None], -1) if sparse else None
     bias = RelativePositionBias(8, 16, bidirectional=not causal)
     with torch.no_grad():
         bias.weight.normal_(0.0, 1.0)
@@ -85,6 +95,49 @@ def test_local_attention_matches_dense_reference_fp32(causal, attention, chunked
     w = torch.randn(B, K, E)
     assert_same(lambda: local_attention(q, k, v, window, **kw)[0], lambda: _local_attention_ref(q, k, v, window, **kw),
                 [q, k, v, bias.weight], w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal,chunked", [(True, False), (False, False), (False, True)])
+@pytest.mark.parametrize("K,window", [(37, 5), (9, 16)], ids=lambda v: str(v))
+@pytest.mark.parametrize("path", ["blockwise", "vectorised"])
+def test_shared_bias_equals_per_row_bias(causal, chunked, K, window, path, monkeypatch):
+    """No positions (one bias for all rows) == shifted slots as positions (a bias per row)."""
+    if path == "vectorised":
+        monkeypatch.setattr(attention_module, "_blockwise_applies", lambda *a: False)
+    torch.manual_seed(K)
+    q, k, v = (torch.randn(3, K, d, requires_grad=True) for d in (6, 6, 5))
+    mask = torch.arange(K) < torch.tensor([[K], [K - 7], [3]])
+    bias = RelativePositionBias(8, 20, bidirectional=not causal)
+    with torch.no_grad():
+        bias.weight.normal_(0.0, 1.0)
+    kw = dict(causal=causal, chunked=chunked, mask=mask, bias=bias)
+    shifted = torch.where(mask, torch.arange(K) + 7, -1)
+    assert_same(lambda: local_attention(q, k, v, window, **kw)[0],
+                lambda: local_attention(q, k, v, window, positions=shifted, **kw)[0],
+                [q, k, v, bias.weight], torch.randn(3, K, 5), rtol=1e-5, atol=1e-5)
+
+
+def test_far_positions_match_reference():
+    """Positions beyond the distance table's limit take the vectorised path, still exact."""
+    torch.manual_seed(5)
+    q, k, v = (torch.randn(2, 23, 4, requires_grad=True) for _ in range(3))
+    positions = torch.arange(23).expand(2, 23) * 3 + attention_module.MAX_TABLE_POSITION
+    bias = RelativePositionBias(8, 16, bidirectional=True)
+    kw = dict(causal=False, positions=positions, bias=bias)
+    assert_same(lambda: local_attention(q, k, v, 3, **kw)[0], lambda: _local_attention_ref(q, k, v, 3, **kw),
+                [q, k, v, bias.weight], torch.randn(2, 23, 4), rtol=1e-5, atol=1e-5)
+
+
+def test_slots_as_positions_take_the_shared_bias():
+    """Positions equal to the slots on every real slot (sma with every token routed) are detected."""
+    mask = torch.arange(6) < torch.tensor([[6], [4]])
+    slots = torch.where(mask, torch.arange(6), -1)
+    q = torch.zeros(2, 6, 4)
+    assert attention_module._slots_are_positions(slots, mask, q)
+    assert not attention_module._slots_are_positions(torch.where(mask, torch.arange(6) + 1, -1), mask, q)
+    gaps = slots.clone()
+    gaps[1, 3] = 4
+    assert not attention_module._slots_are_positions(gaps, mask, q)
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -19,9 +19,11 @@ from torch import Tensor, nn
 from torch.fx.experimental.symbolic_shapes import guard_or_false, guard_or_true
 
 from .._utils import default, exists
+from ._blockwise import BlockwiseAttention
 from .position import RelativePositionBias, _rotary_cos_sin, _rotate, rotary_frequencies
 
 ATTENTIONS = ("softmax", "relu2")
+MAX_TABLE_POSITION = 2**20  # larger positions take the vectorised path, which clamps distances
 
 
 def _look_around(t: Tensor, block: int, before: int, after: int, fill) -> Tensor:
@@ -45,6 +47,24 @@ def _look_around(t: Tensor, block: int, before: int, after: int, fill) -> Tensor
         index = (torch.arange(n, device=t.device) * block).unsqueeze(1) + torch.arange(span, device=t.device)
         return flat[index]
     return flat.unfold(0, span, block).movedim(-1, 1)
+
+
+def _blockwise_applies(q: Tensor, k: Tensor, v: Tensor, bias: nn.Module | None, dropout: float,
+                       training: bool) -> bool:
+    """Whether :class:`BlockwiseAttention` runs: CPU eager, one float dtype, no attention dropout,
+    no bias or a per-row :class:`RelativePositionBias` (the vectorised path does the rest)."""
+    dtypes = {q.dtype, k.dtype, v.dtype} | ({bias.weight.dtype} if isinstance(bias, RelativePositionBias) else set())
+    return (q.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            and len(dtypes) == 1 and q.dtype in (torch.float32, torch.float64) and not (dropout > 0 and training)
+            and (bias is None or isinstance(bias, RelativePositionBias)))
+
+
+def _slots_are_positions(positions: Tensor, mask: Tensor, q: Tensor) -> bool:
+    """Whether every real slot's position is its slot index (CPU eager only: it reads the data)."""
+    if q.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    slots = torch.arange(positions.shape[1], device=positions.device, dtype=positions.dtype)
+    return bool(((positions == slots) | ~mask).all())
 
 
 def _mask_value(q: Tensor, k: Tensor) -> float:
@@ -120,10 +140,16 @@ def local_attention(
     ``window`` slots instead (causal within the block). Padding slots (``mask`` False) are
     never attended to, and padding queries return zeros.
 
-    The position bias and the mask enter as one additive tensor (masked pairs read a large
-    negative score), fused into the score matmul (``baddbmm``); a
-    :class:`~smakit.modules.position.RelativePositionBias` is read from its bucket table in
-    one gather. ``_local_attention_ref`` is the dense ``O(K^2)`` reference.
+    Queries are split into blocks that each see a band of keys. Without ``positions`` the
+    slots are the positions (also detected when ``positions`` equal the slots on every real
+    slot, on CPU), so the bias of a slot offset is the same in every block and row: it is
+    computed once, ``[block, band]``, and enters the score matmul as ``baddbmm``'s input
+    with the out-of-window pairs. Otherwise a
+    :class:`~smakit.modules.position.RelativePositionBias` is read per pair from a table of
+    every distance. On CPU (eager, float32/64, no attention dropout) a few blocks are
+    computed at a time and backward recomputes their scores
+    (``BlockwiseAttention`` in ``smakit/modules/_blockwise.py``); elsewhere all blocks at once.
+    ``_local_attention_ref`` is the dense ``O(K^2)`` reference.
 
     Args:
         q, k (Tensor): ``[B, K, S]``; v (Tensor): ``[B, K, E]``.
@@ -147,6 +173,7 @@ def local_attention(
     E = v.shape[-1]
     w = window
     device = q.device
+    shared = positions is None  # slots are the positions: the bias depends on the slot offset alone
     mask = default(mask, torch.ones(B, K, dtype=torch.bool, device=device))
     positions = default(positions, torch.arange(K, device=device).expand(B, K)).int()  # int32: half the traffic
     b, before, after = _blocking(K, w, causal, chunked)
@@ -157,38 +184,62 @@ def local_attention(
         mask = F.pad(mask, (0, pad), value=False)
         positions = F.pad(positions, (0, pad), value=-1)
     span_w = (before + 1 + after) * b  # keys per query block
-    qpos = positions.view(B, n, b)
-    kk, vv = (_look_around(t, b, before * b, after * b, 0.0) for t in (k, v))  # [B*n, span_w, S|E] views
-    kmask = _look_around(mask, b, before * b, after * b, False).view(B, n, 1, span_w)
-    kpos = _look_around(positions, b, before * b, after * b, -1).view(B, n, 1, span_w)
-
-    qi = torch.arange(n * b, device=device).view(n, b, 1)  # slot index of each query
-    kj = (torch.arange(n, device=device) * b - before * b).view(n, 1, 1) + torch.arange(span_w, device=device)
-    if chunked:
-        blocked = kj > qi if causal else torch.zeros_like(kj > qi)
-    elif causal:
-        blocked = (kj > qi) | (kj <= qi - w)
-    else:
-        blocked = (kj - qi).abs() > w
-    blocked = blocked | (kj < 0) | (kj >= n * b)  # the flat band reaches into the neighbouring rows
-    masked = blocked | ~kmask  # [B, n, b, Kw], True = not attended
-
     fill = _mask_value(q, k)
-    if isinstance(bias, RelativePositionBias):
-        add = bias.masked(qpos.unsqueeze(-1), kpos, masked, fill)
+    # keys that are padding or outside the query's row (the flat band reaches into the neighbouring rows)
+    kslot = torch.arange(n, device=device).view(n, 1) * b - before * b + torch.arange(span_w, device=device)  # [n, Kw]
+    key_ok = _look_around(mask, b, before * b, after * b, False).view(B, n, span_w) & (kslot >= 0) & (kslot < n * b)
+    key_ok = key_ok.view(B * n, span_w)
+    # slot pairs outside the window: the same slot offsets in every block
+    d = torch.arange(span_w, device=device) - before * b - torch.arange(b, device=device).view(b, 1)  # key - query
+    if chunked:
+        blocked = d > 0 if causal else torch.zeros_like(d, dtype=torch.bool)
+    elif causal:
+        blocked = (d > 0) | (d <= -w)
     else:
-        add = torch.zeros(masked.shape, dtype=q.dtype, device=device).masked_fill_(masked, fill)
-        if exists(bias):
-            add = add + bias(qpos.unsqueeze(-1) - kpos).to(add.dtype)
-    scores = torch.baddbmm(add.view(B * n, b, span_w), q.reshape(B * n, b, S), kk.transpose(1, 2),
-                           alpha=1 / math.sqrt(S))
-    if attention == "softmax":
-        weights = scores.softmax(-1)
+        blocked = d.abs() > w  # [b, Kw]
+    if not shared and exists(bias) and _slots_are_positions(positions, mask, q):
+        shared = True  # e.g. behind sma when every row routed all its real tokens
+    if shared and exists(bias):  # one [b, Kw] bias for every block of every row
+        band = bias(-d).to(q.dtype).masked_fill(blocked, fill)
     else:
-        weights = F.relu(scores).square() / w
-    if dropout > 0 and training:
-        weights = F.dropout(weights, dropout, training=True)
-    out = torch.bmm(weights.to(vv.dtype), vv).view(B, n * b, E)
+        band = torch.zeros(blocked.shape, dtype=q.dtype, device=device).masked_fill_(blocked, fill)
+    per_row = exists(bias) and not shared
+
+    blockwise = _blockwise_applies(q, k, v, bias if per_row else None, dropout, training)
+    if blockwise and per_row:
+        P = int(positions.max()) + 1  # positions (-1 on padding) are in [-1, P)
+        blockwise = P <= MAX_TABLE_POSITION  # the distance table has 3P + 2 entries
+    if blockwise:
+        rows = lambda t: F.pad(t.reshape(B * n * b, *t.shape[2:]), (0, 0, before * b, after * b))  # noqa: E731
+        table = qpos = kpos = key_add = None
+        if per_row:  # index a table of every distance directly: no clamp, and masked keys read `fill`
+            table = bias.distance_table().index_select(0, (torch.arange(-P, P + 1, device=device)
+                                                           + bias.max_distance).clamp_(0, 2 * bias.max_distance))
+            table = torch.cat((table.new_full((P + 1,), fill), table))  # [3P + 2]: fill, then distances -P..P
+            qpos = positions.view(B * n, b) + (2 * P + 1)  # index of pos_q - pos_k is pos_q - pos_k + 2P + 1
+            kpos = _look_around(positions, b, before * b, after * b, -1).masked_fill(~key_ok, 2 * P)  # -> [0, P]
+        else:
+            key_add = torch.zeros(key_ok.shape, dtype=k.dtype, device=device).masked_fill_(~key_ok, fill)
+        out = BlockwiseAttention.apply(q.reshape(B * n, b, S), rows(k), rows(v), key_add, band, table, qpos, kpos,
+                                       before + 1 + after, attention, w).view(B, n * b, E)
+    else:
+        kk, vv = (_look_around(t, b, before * b, after * b, 0.0) for t in (k, v))  # [B*n, Kw, S|E] views
+        add = band.expand(B * n, b, span_w)
+        if per_row:
+            qpos, kpos = positions.view(B * n, b, 1), _look_around(positions, b, before * b, after * b, -1)
+            if isinstance(bias, RelativePositionBias):
+                add = add + bias.masked(qpos, kpos.unsqueeze(1), blocked, 0.0).to(add.dtype)
+            else:
+                add = add + bias(qpos - kpos.unsqueeze(1)).to(add.dtype)
+        scores = torch.baddbmm(add, q.reshape(B * n, b, S), kk.transpose(1, 2), alpha=1 / math.sqrt(S))
+        scores = scores.masked_fill(~key_ok.unsqueeze(1), fill)
+        if attention == "softmax":
+            weights = scores.softmax(-1)
+        else:
+            weights = F.relu(scores).square() / w
+        if dropout > 0 and training:
+            weights = F.dropout(weights, dropout, training=True)
+        out = torch.bmm(weights.to(vv.dtype), vv).view(B, n * b, E)
     out = out * mask.unsqueeze(-1).to(out.dtype)  # padding queries (all keys masked): zeros
     out = out[:, :K]
     with torch.no_grad():
@@ -324,7 +375,11 @@ class LocalGatedAttention(nn.Module):
             self.bias.reset_parameters()
 
     def _project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        u, v, z = F.silu(self.proj(x)).split([self.value_dim, self.value_dim, self.qk_dim], dim=-1)
+        # three products from slices of one weight, not one product split: each output stays under
+        # glibc's 32 MB mmap threshold at B=32, L=1K (no page faults per step) and backward needs no cat
+        W, b = self.proj.weight, self.proj.bias
+        E, S = self.value_dim, self.qk_dim
+        u, v, z = (F.silu(F.linear(x, W[i:j], b[i:j])) for i, j in ((0, E), (E, 2 * E), (2 * E, 2 * E + S)))
         q = z * self.qk_scale[0] + self.qk_offset[0]
         k = z * self.qk_scale[1] + self.qk_offset[1]
         if exists(self.inv_freq):
@@ -334,8 +389,8 @@ class LocalGatedAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         B, K, _ = x.shape
-        positions = default(positions, torch.arange(K, device=x.device).expand(B, K))
-        u, v, q, k = self._project(x, positions)
+        # without positions the slots are the positions: rotary and the bias are then shared by all rows
+        u, v, q, k = self._project(x, default(positions, torch.arange(K, device=x.device)))
         o, span = local_attention(q, k, v, self.window, causal=self.causal, mask=mask, positions=positions,
                                   bias=self.bias, attention=self.attention, chunked=self.chunked,
                                   dropout=self.dropout, training=self.training)

@@ -90,6 +90,8 @@ class RelativePositionBias(nn.Module):
         >>> future = q[..., None] < k[..., None, :]
         >>> bias.masked(q[..., None], k[..., None, :], future, fill=-1e9).shape
         torch.Size([1, 2, 3])
+        >>> bias.distance_table().shape        # bias of every distance -128 ... 128
+        torch.Size([257])
     """
 
     def __init__(self, num_buckets: int = 32, max_distance: int = 1024, bidirectional: bool = False):
@@ -116,6 +118,10 @@ class RelativePositionBias(nn.Module):
     def lookup(self, bucket: Tensor) -> Tensor:
         """Bias of each bucket id (int32 or int64, any shape)."""
         return self.weight.index_select(0, bucket.flatten()).view(bucket.shape)
+
+    def distance_table(self) -> Tensor:
+        """``[2 * max_distance + 1]`` bias of each distance ``-max_distance ... max_distance``."""
+        return self.weight.index_select(0, self.bucket_of)
 
     def masked(self, pos_q: Tensor, pos_k: Tensor, masked: Tensor, fill: float) -> Tensor:
         """Bias of ``pos_q - pos_k`` (broadcast), ``fill`` (no gradient) where ``masked`` is True.
