@@ -216,14 +216,18 @@ class SparseModularActivation(nn.Module):
         self.routed_modules = nn.ModuleDict(modules)
         self.router = _make_router(router, self.route_dim, len(modules), capacity, router_kwargs, budget)
         self._declared = {name: _declared(m) for name, m in self.routed_modules.items()}
-        # smakit's routers skip their input checks when told: forward checks once for both
-        self._router_validates = ("validate" in inspect.signature(self.router.forward).parameters
-                                  and isinstance(getattr(self.router, "dim", None), int))
         # the target of a loss-mode budget, made once (the controller holds its own); not saved
         loss_target = None if targets is None or density_mode == "controller" else torch.tensor(targets)
         self.register_buffer("_loss_target", loss_target, persistent=False)
         self.stats: RoutingStats | None = None
         self.aux_loss: Tensor | None = None
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name == "router":  # also when a user swaps the router after construction
+            # smakit's routers skip their input checks when told: forward checks once for both
+            self._router_validates = ("validate" in inspect.signature(value.forward).parameters
+                                      and isinstance(getattr(value, "dim", None), int))
 
     compaction_slots = _budget_attribute("compaction", "slots")
     compaction_capacity = _budget_attribute("compaction", "capacity")

@@ -241,3 +241,20 @@ def test_seqboat_layer_takes_slots_and_warns_on_an_int_capacity():
     with pytest.warns(FutureWarning, match="compaction_slots"):
         old = SeqBoatLayer(8, causal=True, window=4, qk_dim=4, compaction_capacity=3)
     assert (old.attn.compaction_slots, old.attn.compaction_capacity) == (3, None)
+
+
+def test_a_router_swapped_after_construction_is_called_as_it_declares():
+    class Wrapped(nn.Module):  # a user's router: no ``dim``, no ``validate`` argument
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, mask=None):
+            return self.inner(x, mask)
+
+    layer = sma(nn.Linear(8, 8), dim=8)
+    layer.router = Wrapped(layer.router)
+    x = torch.randn(2, 5, 8)
+    assert layer(x, route_on=x).shape == (2, 5, 8)
+    layer.router = layer.router.inner  # and back: smakit's router again skips its own check
+    assert layer._router_validates and layer(x).shape == (2, 5, 8)
