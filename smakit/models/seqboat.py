@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils import default, exists
-from ..modules import LocalGatedAttention, MultiHeadEMA
+from ..modules import CausalConv, LocalGatedAttention, MultiHeadEMA
 from ..routing.stats import RoutingStats
 from ..sma import sma
 from ..streaming import ema_final_state
@@ -24,7 +24,8 @@ VARIANTS = ("seqboat", "seqboat_full", "mega_chunk", "ema_only", "transformer")
 class SeqBoatLayer(nn.Module):
     """SeqBoat layer (Ren et al., 2023): EMA state representation, sparsely activated GAU.
 
-    ``h = silu(EMA(norm(x)))``; a :class:`~smakit.ThresholdRouter` reading ``h`` decides per
+    ``h = silu(EMA(norm(x)))`` (with ``short_conv``, ``silu(EMA(xn + conv(xn)))`` for
+    ``xn = norm(x)``); a :class:`~smakit.ThresholdRouter` reading ``h`` decides per
     token between *skip* and the attention unit; the chosen tokens are compacted in order and
     a :class:`~smakit.modules.LocalGatedAttention` attends over the last ``window`` *routed*
     tokens (relative positions and rotary by original position); its outputs come back
@@ -47,6 +48,11 @@ class SeqBoatLayer(nn.Module):
         chunked (bool): fixed-chunk attention instead of a sliding window. Default: ``False``.
         ema_ndim (int): EMA state dimensions per channel. Default: 16.
         truncation (int, optional): EMA kernel truncation. Default: ``None``.
+        short_conv (int, optional): kernel size of a depthwise convolution of the
+            normalised input, added to it before the EMA (and so seen by the router): it
+            gives the EMA the exact last few tokens. Causal (left-padded) in a causal layer,
+            centred (odd size) in a bidirectional one; padded tokens are zeroed first.
+            Default: ``None`` (no convolution).
         prenorm (bool): normalise the input (else the output). Default: ``True``.
         dropout (float): dropout on the EMA output and the mixed output. Default: 0.0.
         attn_dropout (float): dropout on attention weights. Default: 0.0.
@@ -73,6 +79,7 @@ class SeqBoatLayer(nn.Module):
         eval_capacity (float, optional): the same as a fraction of ``L``. Default: ``None``.
 
     Attributes:
+        conv (CausalConv or None): the ``short_conv`` convolution.
         attn: ``sma(LocalGatedAttention)`` (sparse), the bare GAU (always) or ``None``.
         gau (LocalGatedAttention or None): the attention unit itself (a view of ``attn``,
             not registered twice; checkpoints with the older ``gau.*`` keys still load).
@@ -107,6 +114,7 @@ class SeqBoatLayer(nn.Module):
         chunked: bool = False,
         ema_ndim: int = 16,
         truncation: int | None = None,
+        short_conv: int | None = None,
         prenorm: bool = True,
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
@@ -127,6 +135,7 @@ class SeqBoatLayer(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        _check_short_conv(short_conv, causal)
         self.dim, self.causal, self.mode, self.prenorm = dim, causal, mode, prenorm
         self.norm = nn.LayerNorm(dim)
         self.ema = MultiHeadEMA(dim, ema_ndim, bidirectional=not causal, truncation=truncation)
@@ -142,6 +151,9 @@ class SeqBoatLayer(nn.Module):
                 density_target=density_target, density_mode=density_mode, density_rate=density_rate, z_loss=z_loss,
                 compaction_slots=compaction_slots, compaction_capacity=compaction_capacity, eval_slots=eval_slots,
                 eval_capacity=eval_capacity)
+        # made last, so the other parameters start as they do without it (same seed, same init)
+        self.short_conv = short_conv
+        self.conv = CausalConv(dim, short_conv, causal=causal) if exists(short_conv) else None
         self._real: Tensor | None = None  # [B, L] real tokens of the last forward
 
     @property
@@ -169,10 +181,15 @@ class SeqBoatLayer(nn.Module):
             self.gau.reset_parameters()
         if exists(self.router):
             self.router.reset_parameters()
+        if exists(self.conv):
+            self.conv.reset_parameters()
 
     def _state_input(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(normed x, h = silu(EMA(normed x)))`` for a sequence ``[B, L, D]``."""
+        """``(u, h = silu(EMA(u)))`` for a sequence ``[B, L, D]``: ``u`` the normed ``x``,
+        plus its short convolution with ``short_conv``."""
         xn = self.norm(x) if self.prenorm else x
+        if exists(self.conv):
+            xn = xn + self.conv(xn, mask)  # the conv zeroes padded tokens first
         return xn, self.drop(F.silu(self.ema(xn, mask)))
 
     def _finish(self, out: Tensor, residual: Tensor) -> Tensor:
@@ -219,11 +236,14 @@ class SeqBoatLayer(nn.Module):
 
     # decoding
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
-        """Decoding state: the EMA state ``[B, D, N]`` and the attention's state (``attn``)."""
+        """Decoding state: the EMA state ``[B, D, N]``, the attention's state (``attn``) and,
+        with ``short_conv``, the last ``short_conv - 1`` normed inputs (``conv``, ``[B, D, k - 1]``)."""
         if not self.causal:
             raise RuntimeError("step() needs a causal SeqBoatLayer")
         device = default(device, self.bypass.weight.device)
         state = {"ema": self.ema.init_state(batch_size, device, dtype)}
+        if exists(self.conv):
+            state["conv"] = self.conv.init_state(batch_size, device, dtype)
         if self.mode == "sparse":
             state["attn"] = self.attn.init_state(batch_size, device, dtype)
         elif self.mode == "always":
@@ -241,15 +261,18 @@ class SeqBoatLayer(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[-1] != self.dim:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x must have shape [B, {self.dim}] (one token per row), got {shape}")
-        if not isinstance(state, dict) or "ema" not in state:
+        if not isinstance(state, dict) or "ema" not in state or (exists(self.conv) and "conv" not in state):
             raise TypeError("state must be the dict returned by init_state(), prefill() or a previous step()")
         if state["ema"].shape[0] != x.shape[0]:
             raise ValueError(f"state was made for batch size {state['ema'].shape[0]}, got x with batch size {x.shape[0]}")
         xn = self.norm(x) if self.prenorm else x
-        e, ema_state = self.ema.step(xn, state["ema"])
+        new = {}
+        if exists(self.conv):
+            c, new["conv"] = self.conv.step(xn, state["conv"])
+            xn = xn + c
+        e, new["ema"] = self.ema.step(xn, state["ema"])
         h = F.silu(e)
         out = self.bypass(h)
-        new = {"ema": ema_state}
         if self.mode == "sparse":
             a, new["attn"] = self.attn.step(h, state["attn"], route_on=h)
             out = out + a
@@ -270,8 +293,11 @@ class SeqBoatLayer(nn.Module):
         if B == 0 or L == 0:
             return self.forward(x), state
         self._real = _real_tokens(x, None)
-        xn, h = self._state_input(x)
-        state["ema"] = ema_final_state(self.ema, xn)
+        u, h = self._state_input(x)
+        state["ema"] = ema_final_state(self.ema, u)  # the EMA read u (normed x + its conv)
+        if exists(self.conv):  # the conv keeps the last k - 1 normed inputs; the norm is per token
+            tail = x[:, max(L - self.short_conv + 1, 0):]
+            state["conv"] = self.conv.final_state(self.norm(tail) if self.prenorm else tail)
         out = self.bypass(h)
         if self.mode == "sparse":
             a, state["attn"] = self.attn.prefill(h, route_on=h)
@@ -283,7 +309,17 @@ class SeqBoatLayer(nn.Module):
         return self._finish(out, x), state
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, causal={self.causal}, mode={self.mode!r}, prenorm={self.prenorm}"
+        conv = f", short_conv={self.short_conv}" if exists(self.conv) else ""
+        return f"dim={self.dim}, causal={self.causal}, mode={self.mode!r}, prenorm={self.prenorm}" + conv
+
+
+def _check_short_conv(short_conv, causal: bool) -> None:
+    if short_conv is None:
+        return
+    if isinstance(short_conv, bool) or not isinstance(short_conv, int) or short_conv < 1:
+        raise ValueError(f"short_conv must be a positive int (a kernel size) or None, got {short_conv!r}")
+    if not causal and short_conv % 2 == 0:
+        raise ValueError(f"short_conv must be odd in a bidirectional layer (a centred kernel), got {short_conv}")
 
 
 def _real_tokens(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -326,7 +362,7 @@ class SeqBoat(SequenceModel):
         dropout (float): dropout. Default: 0.0.
         tie_embeddings (bool): share the LM head with the token embedding. Default: ``False``.
         **layer_kwargs: further :class:`SeqBoatLayer` options (``prenorm``, ``truncation``,
-            ``max_distance``, ``straight_through``, ``density_target``, ...). A list
+            ``short_conv``, ``max_distance``, ``straight_through``, ``density_target``, ...). A list
             ``density_target`` gives one target per routed layer.
 
     Shape:

@@ -61,6 +61,15 @@ class CausalConv(nn.Module):
         return torch.zeros(batch_size, self.dim, self.kernel_size - 1,
                            device=device or w.device, dtype=dtype or w.dtype)
 
+    def final_state(self, x: Tensor) -> Tensor:
+        """State ``[B, D, kernel_size - 1]`` after reading ``x [B, L, D]`` (its last
+        ``kernel_size - 1`` tokens, zeros before the start); equals stepping through ``x``."""
+        if not self.causal:
+            raise RuntimeError("final_state() needs a causal convolution")
+        k1 = self.kernel_size - 1
+        tail = x[:, max(x.shape[1] - k1, 0):].transpose(1, 2)  # [B, D, <= k - 1]
+        return F.pad(tail, (k1 - tail.shape[-1], 0))
+
     def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One token: ``x [B, D]``, ``state [B, D, k - 1]`` -> ``(y [B, D], state)``."""
         if not self.causal:

@@ -1,0 +1,183 @@
+"""SeqBoatLayer(short_conv=k): a depthwise convolution of the normed input before the EMA.
+
+Causal = no future leak, step == forward, prefill == forward + the stepped state, padding does
+not leak, ``None`` is the old layer, bad values are one-line errors, and the recipes use it."""
+
+import pytest
+import torch
+
+from smakit.data import DatasetInfo
+from smakit.models import SeqBoat, SeqBoatLayer
+from smakit.modules import CausalConv
+
+D = 16
+MODES = ["sparse", "always", "none"]
+
+
+def layer(mode="sparse", short_conv=4, causal=True, **kw):
+    torch.manual_seed(0)
+    return SeqBoatLayer(D, causal=causal, window=4, qk_dim=8, ema_ndim=4, mode=mode, short_conv=short_conv,
+                        **kw).eval()
+
+
+def stream(lay, x, state=None):
+    state = lay.init_state(x.shape[0]) if state is None else state
+    out = []
+    for t in range(x.shape[1]):
+        y, state = lay.step(x[:, t], state)
+        out.append(y)
+    return torch.stack(out, 1), state
+
+
+def assert_same_state(a, b, path="state"):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    else:
+        assert a.shape == b.shape, path
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=path)
+
+
+@pytest.mark.parametrize("causal, k", [(True, 4), (True, 1), (False, 3)])
+def test_forward_shape_and_the_conv_module(causal, k):
+    lay = layer(short_conv=k, causal=causal)
+    assert isinstance(lay.conv, CausalConv) and lay.conv.kernel_size == k and lay.conv.causal == causal
+    assert lay(torch.randn(2, 11, D)).shape == (2, 11, D)
+    assert f"short_conv={k}" in repr(lay)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_causal_layer_does_not_read_the_future(mode):
+    lay = layer(mode)
+    x = torch.randn(2, 13, D)
+    t = 6
+    x2 = x.clone()
+    x2[:, t] += 3.0 * torch.randn(2, D)  # not a constant: the norm would remove that
+    with torch.no_grad():
+        y, y2 = lay(x), lay(x2)
+    torch.testing.assert_close(y2[:, :t], y[:, :t], rtol=1e-5, atol=1e-5)  # the EMA's FFT rounds
+    assert ((y2 - y)[:, t:t + 4].abs().amax(-1) > 1e-3).all()
+
+
+def test_the_conv_reads_the_last_few_tokens():
+    """Only the conv reaches back exactly: zero the EMA's memory and token t still sees t - 3."""
+    x = torch.randn(1, 10, D)
+    x2 = x.clone()
+    x2[:, 2] += 3.0 * torch.randn(D)
+    for k, reach in [(4, 6), (None, 3)]:
+        lay = layer("none", k)
+        with torch.no_grad():
+            lay.ema.alpha.fill_(8.0)  # q = 1 - sigmoid(alpha) * sigmoid(delta) = 7e-4: no memory
+            lay.ema.delta.fill_(8.0)
+            d = (lay(x2) - lay(x)).abs().amax(-1)[0]  # [L]
+        assert (d[2:reach] > 1e-2).all() and (d[reach:] < 1e-2).all(), (k, d)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("k", [1, 4])
+def test_step_equals_forward(mode, k):
+    lay = layer(mode, k)
+    x = torch.randn(2, 17, D)
+    with torch.no_grad():
+        torch.testing.assert_close(stream(lay, x)[0], lay(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("L", [2, 9])  # shorter and longer than the conv's state
+def test_prefill_equals_forward_and_stepping_continues(mode, L):
+    lay = layer(mode, 4)
+    x = torch.randn(2, L + 6, D)
+    with torch.no_grad():
+        y, state = lay.prefill(x[:, :L])
+        full = lay(x)
+        torch.testing.assert_close(y, full[:, :L], rtol=1e-5, atol=1e-5)
+        stepped = stream(lay, x[:, :L])[1]
+        assert_same_state(state, stepped)
+        rest = stream(lay, x[:, L:], state)[0]
+    torch.testing.assert_close(rest, full[:, L:], rtol=1e-5, atol=1e-5)
+
+
+def test_conv_final_state_equals_stepping():
+    torch.manual_seed(0)
+    conv = CausalConv(D, kernel_size=5)
+    for L in (0, 2, 4, 9):
+        x = torch.randn(3, L, D)
+        state = conv.init_state(3)
+        for t in range(L):
+            _, state = conv.step(x[:, t], state)
+        torch.testing.assert_close(conv.final_state(x), state, rtol=0, atol=0)
+
+
+def test_step_without_the_conv_state_is_an_error():
+    lay = layer()
+    state = layer(short_conv=None).init_state(2)
+    with pytest.raises(TypeError, match="init_state"):
+        lay.step(torch.randn(2, D), state)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_padding_does_not_leak_in_a_bidirectional_layer(mode):
+    lay = layer(mode, 3, causal=False)
+    x = torch.randn(2, 12, D)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[0, 7:] = False
+    x2 = x.clone()
+    x2[0, 7:] = 100.0 * torch.randn(5, D)
+    with torch.no_grad():
+        y, y2 = lay(x, mask), lay(x2, mask)
+        alone = lay(x[:1, :7])
+    torch.testing.assert_close(y2[mask], y[mask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y[0, :7], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_none_is_the_layer_of_before():
+    old, new = layer(short_conv=None), layer(short_conv=4)
+    assert old.conv is None and "short_conv" not in repr(old)
+    assert not any("conv" in k for k in old.state_dict())
+    assert set(new.state_dict()) - set(old.state_dict()) == {"conv.weight", "conv.bias"}
+    for k, v in old.state_dict().items():  # the conv is made last: the rest starts the same
+        assert torch.equal(new.state_dict()[k], v), k
+    new.load_state_dict(old.state_dict() | {"conv.weight": new.conv.weight, "conv.bias": new.conv.bias})
+    with pytest.raises(RuntimeError, match="conv.weight"):  # an old checkpoint is not silently short
+        new.load_state_dict(old.state_dict())
+
+
+@pytest.mark.parametrize("value, causal", [(0, True), (-2, True), (2.5, True), ("4", True), (True, True),
+                                           (4, False), (2, False)])
+def test_bad_short_conv_is_a_one_line_error(value, causal):
+    with pytest.raises(ValueError, match="short_conv") as err:
+        SeqBoatLayer(D, causal=causal, window=4, qk_dim=8, short_conv=value)
+    assert "\n" not in str(err.value)
+
+
+def test_gradients_reach_the_conv():
+    lay = layer(short_conv=4).train()
+    lay(torch.randn(2, 9, D)).square().mean().backward()
+    assert lay.conv.weight.grad is not None and lay.conv.weight.grad.abs().sum() > 0
+    assert lay.conv.bias.grad.abs().sum() > 0
+
+
+def test_model_passes_it_to_every_layer_and_decodes():
+    torch.manual_seed(0)
+    model = SeqBoat(vocab_size=30, dim=D, depth=2, lm=True, window=4, qk_dim=8, ema_ndim=4, short_conv=3).eval()
+    assert [m.conv.kernel_size for m in model.layers] == [3, 3]
+    ids = torch.randint(0, 30, (2, 10))
+    with torch.no_grad():
+        logits, state = model.prefill(ids[:, :6])
+        steps = [model.step(ids[:, t], state)[0] for t in [6]]  # one step past the prompt
+        full = model(ids)
+    torch.testing.assert_close(logits, full[:, :6], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(steps[0], full[:, 6], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("recipe", ["seqboat-charlm", "seqboat-full-charlm", "mega-chunk-charlm", "ema-only-charlm"])
+def test_charlm_recipes_use_a_short_conv_of_4(recipe):
+    from smakit.train import load_recipe
+    from smakit.train.build import build_model
+
+    info = DatasetInfo("x", "lm", 30, 64, vocab_size=30)
+    model = build_model(info, load_recipe(recipe, "cpu").model)
+    assert [m.conv.kernel_size for m in model.layers if isinstance(m, SeqBoatLayer)] == [4, 4]
+    plain = build_model(info, load_recipe(recipe, "cpu", {"model.short_conv": "none"}).model)
+    assert all(m.conv is None for m in plain.layers if isinstance(m, SeqBoatLayer))
