@@ -6,7 +6,8 @@ from the repository root (it reads ``../shared/data/shakespeare`` like the issue
 Each run is ``smakit train <recipe> --max-steps N --out <out-root>/<name>`` with
 ``OMP_NUM_THREADS=1``, ``--jobs`` of them at once (probe runs go through
 ``budget_probes.py``, which patches one thing in first); a run whose ``summary.json`` exists
-is read, not rerun (``--fresh`` reruns all). Writes ``benchmarks/results/budget.{json,md,png}``:
+is read, not rerun (``--fresh`` reruns all); runs not named keep their result from the
+committed ``budget.json``, with the commit that made it. Writes ``benchmarks/results/budget.{json,md,png}``:
 the test activation of every layer against its target (the band is target +- 0.05), test bpc
 (char-LM) or accuracy (ListOps) against the free run of the same task and length, and the
 load average.
@@ -30,11 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = "../shared/data/shakespeare"
 BAND = 0.05
 
-def _run(recipe, mechanism, target=None, extra=(), probe=None, steps=None):
+def _run(recipe, mechanism, target=None, extra=(), probe=None, steps=None, conv=False):
     """One training run: ``probe`` (see ``budget_probes.py``) patches the model; ``steps``
-    replaces ``--steps``."""
+    replaces ``--steps``; ``conv`` keeps the char-LM recipe's short convolution (the runs
+    without it are the layer as it was before ``short_conv``)."""
     return {"recipe": recipe, "mechanism": mechanism, "target": target, "extra": list(extra), "probe": probe,
-            "steps": steps}
+            "steps": steps, "conv": conv}
 
 
 CHARLM, LISTOPS = "seqboat-charlm", "seqboat-listops"
@@ -62,6 +64,24 @@ RUNS = {
     "charlm-ctl-0.25-1000": _run(CHARLM, "controller", 0.25, steps=1000),
     "charlm-ctl-0.5-1000": _run(CHARLM, "controller", 0.5, steps=1000),
     "charlm-ema-only-1000": _run(CHARLM, "ema_only", extra=["--model.variant", "ema_only"], steps=1000),
+    # the recipe as it is: a short convolution before the EMA (short_conv = 4)
+    "charlm-sc-free": _run(CHARLM, "free", conv=True),
+    "charlm-sc-free-seed1": _run(CHARLM, "free", extra=["--train.seed", "1"], conv=True),
+    "charlm-sc-ctl-0.1": _run(CHARLM, "controller", 0.1, conv=True),
+    "charlm-sc-ctl-0.25": _run(CHARLM, "controller", 0.25, conv=True),
+    "charlm-sc-ctl-0.5": _run(CHARLM, "controller", 0.5, conv=True),
+    "charlm-sc-ctl-0.25-seed1": _run(CHARLM, "controller", 0.25, ["--train.seed", "1"], conv=True),
+    "charlm-sc-ema-only": _run(CHARLM, "ema_only", extra=["--model.variant", "ema_only"], conv=True),
+    "charlm-sc-free-k8": _run(CHARLM, "free", extra=["--model.short_conv", "8"], conv=True),
+    "charlm-sc-ctl-0.1-k8": _run(CHARLM, "controller", 0.1, ["--model.short_conv", "8"], conv=True),
+    "charlm-sc-free-window4": _run(CHARLM, "free", extra=["--model.window", "4"], conv=True),
+    "charlm-free-window4": _run(CHARLM, "free", extra=["--model.window", "4"]),
+    "charlm-sc-free-1000": _run(CHARLM, "free", steps=1000, conv=True),
+    "charlm-sc-ctl-0.1-1000": _run(CHARLM, "controller", 0.1, steps=1000, conv=True),
+    "charlm-sc-ctl-0.25-1000": _run(CHARLM, "controller", 0.25, steps=1000, conv=True),
+    "charlm-sc-ctl-0.5-1000": _run(CHARLM, "controller", 0.5, steps=1000, conv=True),
+    "charlm-sc-ema-only-1000": _run(CHARLM, "ema_only", extra=["--model.variant", "ema_only"], steps=1000,
+                                    conv=True),
     "listops-free": _run(LISTOPS, "free"),
     "listops-ctl-0.1": _run(LISTOPS, "controller", 0.1),
     "listops-ctl-0.25": _run(LISTOPS, "controller", 0.25),
@@ -72,7 +92,7 @@ RUNS = {
 def free_run(name: str) -> str:
     """The free run a row is compared with: same task, same number of steps."""
     spec = RUNS[name]
-    base = "charlm-free" if spec["recipe"] == CHARLM else "listops-free"
+    base = ("charlm-sc-free" if spec["conv"] else "charlm-free") if spec["recipe"] == CHARLM else "listops-free"
     return base + (f"-{spec['steps']}" if spec["steps"] else "")
 
 
@@ -83,7 +103,7 @@ def command(name: str, steps: int, out: Path) -> list[str]:
     cmd = [sys.executable, *head, "train", spec["recipe"], "--max-steps", str(spec["steps"] or steps),
            "--out", str(out), "--no-progress", *spec["extra"]]
     if spec["recipe"] == CHARLM:
-        cmd += ["--data.path", SHAKESPEARE]
+        cmd += ["--data.path", SHAKESPEARE] + ([] if spec["conv"] else ["--model.short_conv", "none"])
     if spec["target"] is not None:
         cmd += ["--model.density_target", str(spec["target"]), "--model.density_mode", spec["mechanism"]]
     elif spec["mechanism"] == "free":  # seqboat-listops has a default budget
@@ -109,7 +129,8 @@ def run_one(name: str, steps: int, root: Path, fresh: bool) -> dict:
 def options(name: str) -> str:
     spec = RUNS[name]
     extra = " ".join(a for a in spec["extra"] if a != "--model.variant" and a != "ema_only")
-    return " ".join(x for x in (extra, spec["probe"] and f"probe {spec['probe']}") if x) or "-"
+    conv = spec["recipe"] == CHARLM and not spec["conv"] and "short_conv none"
+    return " ".join(x for x in (conv, extra, spec["probe"] and f"probe {spec['probe']}") if x) or "-"
 
 
 def row(name: str, summary: dict, free: dict | None, steps: int) -> list:
@@ -121,7 +142,7 @@ def row(name: str, summary: dict, free: dict | None, steps: int) -> list:
     delta = "-" if free is None else f"{test[key] - free['test'][key]:+.3f}"
     return [name, spec["mechanism"], "-" if target is None else target, options(name), spec["steps"] or steps,
             " ".join(f"{a:.3f}" for a in act) or "-", held, f"{test[key]:.3f} {unit}", delta,
-            round(summary["minutes"], 1)]
+            round(summary["minutes"], 1), summary.get("commit", "-")]
 
 
 def plot(results: dict, path: Path) -> None:
@@ -134,7 +155,7 @@ def plot(results: dict, path: Path) -> None:
     markers = {"controller": "o", "straight_through": "s", "loss": "x", "free": "*", "ema_only": "v"}
     for name, s in results.items():
         spec = RUNS[name]
-        if spec["recipe"] != CHARLM or spec["steps"]:
+        if spec["recipe"] != CHARLM or spec["steps"] or spec["extra"] or spec["probe"]:
             continue
         target, act = spec["target"], s["test"].get("activation") or [0.0]
         ax1.scatter(sum(act) / len(act), s["test"]["bpc"], marker=markers[spec["mechanism"]], s=50, label=name)
@@ -149,6 +170,15 @@ def plot(results: dict, path: Path) -> None:
     ax2.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def merge_results(fresh: dict, old: dict) -> dict:
+    """This invocation's results over the earlier ones (``old``: a loaded ``budget.json``):
+    runs not asked for this time keep their earlier result and the commit that made it; the
+    order is that of ``RUNS``."""
+    old_commit = old.get("machine", {}).get("commit", "-")
+    kept = {n: {"commit": old_commit, **s} for n, s in old.get("results", {}).items() if n in RUNS}
+    return {n: fresh.get(n) or kept[n] for n in RUNS if n in fresh or n in kept}
 
 
 def main():
@@ -167,19 +197,28 @@ def main():
     load_before, env = os.getloadavg(), machine()  # the commit the runs use
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {n: pool.submit(run_one, n, args.steps, root, args.fresh) for n in args.names}
-        results = {n: f.result() for n, f in futures.items()}
+        fresh = {n: {**f.result(), "commit": env["commit"]} for n, f in futures.items()}
     load_after = os.getloadavg()
+    old = json.loads((RESULTS / "budget.json").read_text()) if (RESULTS / "budget.json").exists() else {}
+    results = merge_results(fresh, old)
     rows = [row(name, s, results.get(free_run(name)), args.steps) for name, s in results.items()]
     header = ["run", "mechanism", "target", "options", "steps", "test activation per layer",
-              f"in target +- {BAND}", "test", "vs free", "minutes"]
+              f"in target +- {BAND}", "test", "vs free", "minutes", "commit"]
+    earlier = old.get("loads") or ([{"commit": old.get("machine", {}).get("commit", "-"), "runs": sorted(old.get("results", {})),
+                                      "before": old["load_average"][0], "after": old["load_average"][1]}]
+                                    if "load_average" in old else [])
+    loads = [*earlier, {"commit": env["commit"], "runs": sorted(fresh), "before": load_before,
+                                     "after": load_after}]
+    load_text = "; ".join(f"{x['commit']}: {x['before'][0]:.1f} before / {x['after'][0]:.1f} after"
+                          for x in loads)
     table = (f"# The compute budget: does density_target hold, and what does it cost?\n\nCPU presets, device "
-             f"{env['device']}, commit {env['commit']}, load average {load_before[0]:.1f} before / "
-             f"{load_after[0]:.1f} after (1 min). 'vs free': against the free run of the same task and "
-             f"steps. Probes (see `benchmarks/budget_probes.py`) are what-if runs at full compute.\n\n"
+             f"{env['device']}; each row gives the commit that ran it; load average (1 min) per invocation: "
+             f"{load_text}. 'vs free': against the free run of the same task, steps and short "
+             f"convolution. Probes (see `benchmarks/budget_probes.py`) are what-if runs at full compute.\n\n"
              + markdown_table(header, rows))
-    write("budget", {"machine": env, "steps": args.steps, "load_average": [load_before, load_after],
-                     "commands": {n: command(n, args.steps, root / n)[1:] for n in results}, "results": results},
-          table)
+    commands = {n: command(n, args.steps, root / n)[1:] for n in results}
+    write("budget", {"machine": env, "steps": args.steps, "loads": loads, "commands": commands,
+                     "results": results}, table)
     plot(results, RESULTS / "budget.png")
     print(table)
 

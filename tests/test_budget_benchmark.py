@@ -37,6 +37,8 @@ def test_rows_compare_with_the_free_run_of_the_same_task_and_length():
     assert budget.free_run("charlm-ctl-0.25") == "charlm-free"
     assert budget.free_run("charlm-ctl-0.25-1000") == "charlm-free-1000"
     assert budget.free_run("listops-ctl-0.1") == "listops-free"
+    assert budget.free_run("charlm-sc-ctl-0.1") == "charlm-sc-free"  # the short conv against itself
+    assert budget.free_run("charlm-sc-ctl-0.5-1000") == "charlm-sc-free-1000"
     assert all(budget.free_run(n) in budget.RUNS for n in budget.RUNS)
     summary = {"test": {"bpc": 2.9, "activation": [0.24, 0.31]}, "minutes": 1.0}
     free = {"test": {"bpc": 2.8, "activation": [1.0, 1.0]}, "minutes": 1.0}
@@ -56,3 +58,22 @@ def test_target_warmup_probe_anneals_from_one(monkeypatch):
     assert ratios[0] == pytest.approx(1.0, abs=0.02) and ratios[2] == pytest.approx(0.6, abs=0.02)
     assert ratios[-1] == pytest.approx(0.2, abs=0.02)
     assert ctl.target.item() == pytest.approx(0.2)  # the stored target is untouched
+
+
+def test_char_lm_runs_without_the_short_conv_unset_it(tmp_path):
+    plain, conv = budget.command("charlm-ctl-0.25", 400, tmp_path), budget.command("charlm-sc-ctl-0.25", 400, tmp_path)
+    assert "--model.short_conv none" in " ".join(plain)
+    assert "short_conv" not in " ".join(conv)
+
+
+def test_runs_not_rerun_keep_their_result_and_commit():
+    old = {"machine": {"commit": "abc1234"},
+           "results": {"charlm-free": {"test": {"bpc": 2.8}}, "gone-run": {"test": {}}}}
+    fresh = {"charlm-ctl-0.1": {"test": {"bpc": 2.9}, "commit": "def5678"},
+             "charlm-free-1000": {"test": {"bpc": 2.5}, "commit": "def5678"}}
+    merged = budget.merge_results(fresh, old)
+    assert list(merged) == ["charlm-free", "charlm-ctl-0.1", "charlm-free-1000"]  # RUNS order, unknown dropped
+    assert merged["charlm-free"] == {"commit": "abc1234", "test": {"bpc": 2.8}}
+    assert merged["charlm-ctl-0.1"]["commit"] == "def5678"
+    fresh["charlm-free"] = {"test": {"bpc": 2.7}, "commit": "def5678"}
+    assert budget.merge_results(fresh, old)["charlm-free"]["test"]["bpc"] == 2.7  # a rerun replaces it
