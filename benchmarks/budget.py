@@ -211,8 +211,8 @@ def main():
                                      "after": load_after}]
     load_text = "; ".join(f"{x['commit']}: {x['before'][0]:.1f} before / {x['after'][0]:.1f} after"
                           for x in loads)
-    table = (f"# The compute budget: does density_target hold, and what does it cost?\n\nCPU presets, device "
-             f"{env['device']}; each row gives the commit that ran it; load average (1 min) per invocation: "
+    table = (f"# The compute budget: does density_target hold, and what does it cost?\n\nCPU presets, one torch thread "
+             f"per run ({env['cpu']}); each row gives the commit that ran it; load average (1 min) per invocation: "
              f"{load_text}. 'vs free': against the free run of the same task, steps and short "
              f"convolution. Probes (see `benchmarks/budget_probes.py`) are what-if runs at full compute.\n\n"
              + markdown_table(header, rows))
