@@ -242,12 +242,14 @@ def test_threshold_router_matches_option_last_reference(M, straight_through, bud
             router.budget.bias.fill_(0.1)
         torch.manual_seed(7)
         rt = fn(x, mask)
+        rt.logits.retain_grad()  # the option-last tensors users see are graph nodes
+        rt.probs.retain_grad()
         w = torch.randn(rt.gate.shape)
         loss = (torch.where(rt.active, rt.gate, 0.0) * w).sum() + torch.nan_to_num(rt.probs).square().sum()
         for t in params:
             t.grad = None
         loss.backward()
-        results.append((rt, [None if t.grad is None else t.grad.clone() for t in params],
+        results.append((rt, [None if t.grad is None else t.grad.clone() for t in params + [rt.logits, rt.probs]],
                         router.budget.bias.clone() if budget else None))
     (fast, g_fast, b_fast), (ref, g_ref, b_ref) = results
     assert all(torch.isfinite(g).all() for g in g_ref if g is not None)

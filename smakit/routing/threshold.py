@@ -132,28 +132,30 @@ class ThresholdRouter(nn.Module):
             w = self.proj.weight.float()
             xt = x.float().reshape(B * L, D).t()
             logits = (w @ xt if self.proj.bias is None else torch.addmm(self.proj.bias.float().unsqueeze(1), w, xt))
-            logits = logits.view(w.shape[0], B, L)  # [1 + M, B, L]
-            scores = logits / self.log_temperature.float().exp()
+            # the option-last view is the graph node users see (retain_grad works on it); the math
+            # below runs on its option-major view of the same memory
+            logits = logits.view(w.shape[0], B, L).permute(1, 2, 0)  # [B, L, 1 + M]
+            scores = logits.permute(2, 0, 1) / self.log_temperature.float().exp()  # [1 + M, B, L]
             if self.budget is not None:  # non-gradient offset of the module scores (skip stays 0)
                 scores = torch.cat([scores[:1], scores[1:] + self.budget.bias.view(-1, 1, 1)], 0)
             if self.gumbel and self.training:  # noise drawn option-last, as the reference draws it
                 u = torch.rand(B, L, scores.shape[0], dtype=scores.dtype, device=scores.device)
                 scores = scores - torch.log(-torch.log(u.clamp_(1e-9, 1 - 1e-9))).permute(2, 0, 1)
-            probs = scores.softmax(0)
-            choice = _first_argmax(probs)  # [B, L]
-            skip = ~logits.isfinite().all(0)  # NaN/inf router input: never route (no host sync)
+            probs = scores.softmax(0).permute(1, 2, 0)  # [B, L, 1 + M], option-major memory
+            choice = _first_argmax(probs.permute(2, 0, 1))  # [B, L]
+            skip = ~logits.permute(2, 0, 1).isfinite().all(0)  # NaN/inf router input: never route (no host sync)
             if mask is not None:
                 skip = skip | ~mask
             choice = choice.masked_fill(skip, 0)
             options = torch.arange(1, self.num_modules + 1, device=x.device)
             active = choice.unsqueeze(0) == options.view(-1, 1, 1)  # [M, B, L]
-            p = probs[1:]  # [M, B, L]
+            p = probs.permute(2, 0, 1)[1:]  # [M, B, L], contiguous
             if self.straight_through:
                 p = 1.0 + p - p.detach()
             gate = torch.where(active, p, 0.0)
         if self.budget is not None and self.training:
             self.budget.update(scores.permute(1, 2, 0), mask)
-        return Routing(active, gate, logits.permute(1, 2, 0), probs.permute(1, 2, 0), None, mask)
+        return Routing(active, gate, logits, probs, None, mask)
 
     def _forward_ref(self, x: Tensor, mask: Tensor | None = None) -> Routing:
         """Plain option-last reference of :meth:`forward` (same decision, gate and gradients)."""
