@@ -23,11 +23,15 @@ classification loss; one step = zero_grad + forward + loss + backward (no optimi
   varies most) after two warm-up steps per model, and also reports the *paired* ratio: the
   median over rounds of SeqBoat / budget computed within each round, which a load change
   between rounds does not move. The goal verdict stays on the medians.
+* ``--malloc heap`` (opt-in, glibc): keep freed memory in the process; at L=4K the default
+  allocator takes ~1.2M page faults a step, a large and machine-state dependent share of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import dataclasses
 import os
 import statistics
@@ -155,6 +159,20 @@ def rounds_at(rounds: int, L: int) -> int:
     return max(3, rounds - (4 if L >= 4096 else 2 if L >= 2048 else 0))
 
 
+def keep_heap_memory() -> None:
+    """glibc only: serve every allocation from the heap and never give it back (``mallopt``).
+
+    By default glibc maps each allocation above its threshold (at most 32 MiB) freshly from the
+    kernel and unmaps it on free, so every step at L=4K takes ~1.2M page faults (the kernel
+    zeroing ~5 GB), whose cost varies with the machine's memory state; with this, after the
+    warm-up steps a step takes none. Opt-in (``--malloc heap``): it changes absolute times.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    if not (libc.mallopt(M_MMAP_THRESHOLD, 2**30) and libc.mallopt(M_TRIM_THRESHOLD, 2**62)):
+        raise RuntimeError("mallopt failed: --malloc heap needs glibc")
+
+
 def load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
@@ -197,14 +215,18 @@ def main():
                         help="timed rounds per length up to 1K (default 9, quick 3); 2 fewer at 2K, 4 fewer at 4K")
     parser.add_argument("--metric", choices=["wall", "cpu"], default="wall",
                         help="wall (default) or process CPU time (with --threads 1 on a loaded machine)")
+    parser.add_argument("--malloc", choices=["system", "heap"], default="system",
+                        help="heap: keep freed memory in the process (no page faults per step; glibc only)")
     args = parser.parse_args()
+    if args.malloc == "heap":
+        keep_heap_memory()
     torch.set_num_threads(args.threads)
     B = args.batch
     lengths = [128, 256, 1024] if args.quick else [128, 256, 512, 1024, 2048, 4096]
     sweep_lengths = [1024] if args.quick else [1024, 4096]
     rounds = args.rounds or (3 if args.quick else 9)
     load_before, t_start = load(), time.perf_counter()
-    print(f"speed: B={B}, {SHAPES}, threads={args.threads}, load {load_before}")
+    print(f"speed: B={B}, {SHAPES}, threads={args.threads}, malloc {args.malloc}, load {load_before}")
 
     table = {}
     for L in lengths:
@@ -228,7 +250,7 @@ def main():
     load_after = load()
     info = machine()
     payload = {"machine": info, "dtype": "float32", "batch": B, "shapes": SHAPES, "threads": args.threads,
-               "metric": args.metric,
+               "metric": args.metric, "malloc": args.malloc,
                "rounds": rounds, "load_before": load_before, "load_after": load_after,
                "seconds": time.perf_counter() - t_start,
                "variants": {str(L): row for L, row in table.items()},
@@ -237,7 +259,8 @@ def main():
     md = ["# Train-step speed (CPU, float32)\n",
           f"{info['device']}, torch {info['torch']}, commit {info['commit']}; load average (1/5/15 min) "
           f"{load_before} before, {load_after} after; B={B}, d 64, 2 bidirectional layers, q/k 32, value 128, "
-          f"window 128, padding; {args.threads} thread(s); median {args.metric} ms of zero_grad + forward + loss + "
+          f"window 128, padding; {args.threads} thread(s); malloc {args.malloc}; median {args.metric} ms of "
+          "zero_grad + forward + loss + "
           f"backward over {rounds} interleaved rounds ({rounds_at(rounds, 2048)} at 2K, {rounds_at(rounds, 4096)} at 4K; "
           f"{rounds + 2} at every length in the r sweep, after 2 warm-up steps), order rotating each round; "
           f"cells: median (min-max) "
