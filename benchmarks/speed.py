@@ -212,7 +212,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=None,
-                        help="timed rounds per length up to 1K (default 9, quick 3); 2 fewer at 2K, 4 fewer at 4K")
+                        help="timed rounds per length up to 1K (default 9, quick 3); 2 fewer at 2K, 4 fewer at 4K; "
+                             "the r sweep runs this + 2 at every length")
     parser.add_argument("--metric", choices=["wall", "cpu"], default="wall",
                         help="wall (default) or process CPU time (with --threads 1 on a loaded machine)")
     parser.add_argument("--malloc", choices=["system", "heap"], default="system",
