@@ -19,11 +19,19 @@ classification loss; one step = zero_grad + forward + loss + backward (no optimi
 * Goals: SeqBoat-full <= 2x Transformer at L=128 and faster than it from L=1024 up; at
   ratio ``r``, SeqBoat <= EMA-only + r (SeqBoat-full - EMA-only) + 0.1 SeqBoat-full
   (L = 1K and 4K, r = 0.1/0.25/0.5/1.0). Every ratio compares numbers from the same rounds.
+* The r sweep runs the same number of rounds at every length (``--rounds`` + 2; a 4K step
+  varies most) after two warm-up steps per model, and also reports the *paired* ratio: the
+  median over rounds of SeqBoat / budget computed within each round, which a load change
+  between rounds does not move. The goal verdict stays on the medians.
+* ``--malloc heap`` (opt-in, glibc): keep freed memory in the process; at L=4K the default
+  allocator takes ~1.2M page faults a step, a large and machine-state dependent share of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import dataclasses
 import os
 import statistics
@@ -113,7 +121,7 @@ def train_step(model: nn.Module, batch) -> None:
     F.cross_entropy(model(tokens, mask), labels).backward()
 
 
-def interleaved(models: dict, batch, rounds: int, metric: str = "wall") -> dict[str, dict]:
+def interleaved(models: dict, batch, rounds: int, metric: str = "wall", warmup: int = 1) -> dict[str, dict]:
     """Median ms of one train step per model, timed round-robin after a warm-up.
 
     Every round times each model once; the order rotates by one model per round, so no
@@ -122,8 +130,9 @@ def interleaved(models: dict, batch, rounds: int, metric: str = "wall") -> dict[
     ``"cpu"``: process CPU time, which on a loaded machine with one thread does not count
     waiting); both are kept, with every round's value and the spread (min, max).
     """
-    for m in models.values():
-        train_step(m, batch)
+    for _ in range(warmup):
+        for m in models.values():
+            train_step(m, batch)
     names = list(models)
     wall = {k: [] for k in models}
     cpu = {k: [] for k in models}
@@ -139,7 +148,7 @@ def interleaved(models: dict, batch, rounds: int, metric: str = "wall") -> dict[
         ratio = statistics.fmean(stats["ratio"]) if stats["ratio"] else 1.0
         w, c = statistics.median(wall[k]), statistics.median(cpu[k])
         samples = cpu[k] if metric == "cpu" else wall[k]
-        out[k] = {"ms": c if metric == "cpu" else w, "wall_ms": w, "cpu_ms": c, "ratio": ratio,
+        out[k] = {"ms": c if metric == "cpu" else w, "metric": metric, "wall_ms": w, "cpu_ms": c, "ratio": ratio,
                   "min_ms": min(samples), "max_ms": max(samples),
                   "wall_samples": [round(x, 1) for x in wall[k]], "cpu_samples": [round(x, 1) for x in cpu[k]]}
     return out
@@ -150,8 +159,28 @@ def rounds_at(rounds: int, L: int) -> int:
     return max(3, rounds - (4 if L >= 4096 else 2 if L >= 2048 else 0))
 
 
+def keep_heap_memory() -> None:
+    """glibc only: serve every allocation from the heap and never give it back (``mallopt``).
+
+    By default glibc maps each allocation above its threshold (at most 32 MiB) freshly from the
+    kernel and unmaps it on free, so every step at L=4K takes ~1.2M page faults (the kernel
+    zeroing ~5 GB), whose cost varies with the machine's memory state; with this, after the
+    warm-up steps a step takes none. Opt-in (``--malloc heap``): it changes absolute times.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    if not (libc.mallopt(M_MMAP_THRESHOLD, 2**30) and libc.mallopt(M_TRIM_THRESHOLD, 2**62)):
+        raise RuntimeError("mallopt failed: --malloc heap needs glibc")
+
+
 def load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
+
+
+def paired_ratio(row: dict, key: str, r: float) -> float:
+    """Median over rounds of ``row[key]`` / budget, both from the same round (the metric's samples)."""
+    s, full, ema = (row[k][f"{row[key]['metric']}_samples"] for k in (key, "seqboat_full", "ema_only"))
+    return statistics.median(x / (e + r * (f - e) + 0.1 * f) for x, f, e in zip(s, full, ema))
 
 
 def check_goals(table: dict, sweep: dict) -> list[dict]:
@@ -172,7 +201,8 @@ def check_goals(table: dict, sweep: dict) -> list[dict]:
             got = row[f"r={r}"]["ms"]
             limit = ema + r * (full - ema) + 0.1 * full
             goals.append({"goal": f"SeqBoat at r={r} <= budget at L={L}", "value": got / limit, "limit": 1.0,
-                          "holds": got <= limit, "ms": got, "budget_ms": limit, "L": L, "r": r})
+                          "holds": got <= limit, "ms": got, "budget_ms": limit, "L": L, "r": r,
+                          "paired": paired_ratio(row, f"r={r}", r)})
     return goals
 
 
@@ -182,17 +212,22 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=None,
-                        help="timed rounds per length up to 1K (default 9, quick 3); 2 fewer at 2K, 4 fewer at 4K")
+                        help="timed rounds per length up to 1K (default 9, quick 3); 2 fewer at 2K, 4 fewer at 4K; "
+                             "the r sweep runs this + 2 at every length")
     parser.add_argument("--metric", choices=["wall", "cpu"], default="wall",
                         help="wall (default) or process CPU time (with --threads 1 on a loaded machine)")
+    parser.add_argument("--malloc", choices=["system", "heap"], default="system",
+                        help="heap: keep freed memory in the process (no page faults per step; glibc only)")
     args = parser.parse_args()
+    if args.malloc == "heap":
+        keep_heap_memory()
     torch.set_num_threads(args.threads)
     B = args.batch
     lengths = [128, 256, 1024] if args.quick else [128, 256, 512, 1024, 2048, 4096]
     sweep_lengths = [1024] if args.quick else [1024, 4096]
     rounds = args.rounds or (3 if args.quick else 9)
     load_before, t_start = load(), time.perf_counter()
-    print(f"speed: B={B}, {SHAPES}, threads={args.threads}, load {load_before}")
+    print(f"speed: B={B}, {SHAPES}, threads={args.threads}, malloc {args.malloc}, load {load_before}")
 
     table = {}
     for L in lengths:
@@ -205,17 +240,18 @@ def main():
     for L in sweep_lengths:
         models = {"seqboat_full": make_model("seqboat_full"), "ema_only": make_model("ema_only")}
         models.update({f"r={r}": make_model("seqboat", r) for r in RATIOS})
-        sweep[L] = interleaved(models, make_batch(B, L), rounds_at(rounds, L) + 2, args.metric)
+        sweep[L] = interleaved(models, make_batch(B, L), rounds + 2, args.metric, warmup=2)
         print(f"  r sweep L={L}: "
               + "  ".join(f"{k} {v['ms']:.1f} (ratio {v['ratio']:.2f})" for k, v in sweep[L].items()))
 
     goals = check_goals(table, sweep)
     for g in goals:
-        print(f"  [{'holds' if g['holds'] else 'FAILS'}] {g['goal']}: {g['value']:.2f} (limit {g['limit']})")
+        paired = f", paired {g['paired']:.2f}" if "paired" in g else ""
+        print(f"  [{'holds' if g['holds'] else 'FAILS'}] {g['goal']}: {g['value']:.2f} (limit {g['limit']}{paired})")
     load_after = load()
     info = machine()
     payload = {"machine": info, "dtype": "float32", "batch": B, "shapes": SHAPES, "threads": args.threads,
-               "metric": args.metric,
+               "metric": args.metric, "malloc": args.malloc,
                "rounds": rounds, "load_before": load_before, "load_after": load_after,
                "seconds": time.perf_counter() - t_start,
                "variants": {str(L): row for L, row in table.items()},
@@ -224,9 +260,10 @@ def main():
     md = ["# Train-step speed (CPU, float32)\n",
           f"{info['device']}, torch {info['torch']}, commit {info['commit']}; load average (1/5/15 min) "
           f"{load_before} before, {load_after} after; B={B}, d 64, 2 bidirectional layers, q/k 32, value 128, "
-          f"window 128, padding; {args.threads} thread(s); median {args.metric} ms of zero_grad + forward + loss + "
+          f"window 128, padding; {args.threads} thread(s); malloc {args.malloc}; median {args.metric} ms of "
+          "zero_grad + forward + loss + "
           f"backward over {rounds} interleaved rounds ({rounds_at(rounds, 2048)} at 2K, {rounds_at(rounds, 4096)} at 4K; "
-          f"{rounds_at(rounds, 1024) + 2} and {rounds_at(rounds, 4096) + 2} in the r sweep), order rotating each round; "
+          f"{rounds + 2} at every length in the r sweep, after 2 warm-up steps), order rotating each round; "
           f"cells: median (min-max) "
           f"(`python {' '.join(['benchmarks/speed.py', *sys.argv[1:]])}`).\n",
           "## Variants\n",
@@ -235,11 +272,15 @@ def main():
                            row["seqboat_full"]["ms"] / row["transformer"]["ms"], row["seqboat"]["ratio"]]
                           for L, row in table.items()]),
           "\n## Forced activation ratio\n",
-          markdown_table(["L", "r", "SeqBoat ms", "budget ms", "SeqBoat-full ms", "EMA-only ms", "holds"],
+          markdown_table(["L", "r", "SeqBoat ms", "budget ms", "SeqBoat-full ms", "EMA-only ms",
+                          "SeqBoat / budget", "paired", "holds"],
                          [[g["L"], g["r"], f"{g['ms']:.0f}", f"{g['budget_ms']:.0f}",
                            f"{sweep[g['L']]['seqboat_full']['ms']:.0f}", f"{sweep[g['L']]['ema_only']['ms']:.0f}",
+                           f"{g['value']:.2f}", f"{g['paired']:.2f}",
                            "yes" if g["holds"] else "NO"] for g in goals if "r" in g]),
-          "\nBudget = EMA-only + r (SeqBoat-full - EMA-only) + 0.1 SeqBoat-full, from the same rounds.\n",
+          "\nBudget = EMA-only + r (SeqBoat-full - EMA-only) + 0.1 SeqBoat-full, from the same rounds. "
+          "Paired: median over rounds of SeqBoat / budget within each round (information; the verdict "
+          "uses the medians).\n",
           "\n## Goals\n",
           markdown_table(["goal", "measured / limit", "holds"],
                          [[g["goal"], f"{g['value']:.2f} / {g['limit']}", "yes" if g["holds"] else "NO"] for g in goals])]

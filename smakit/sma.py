@@ -296,6 +296,8 @@ class SparseModularActivation(nn.Module):
             Tensor ``[B, L, D_out]`` (and the :class:`Routing` when ``return_routing``).
         """
         self._check_inputs(x, mask, route_on, extra)
+        if not x.is_contiguous() and (route_on is None or route_on is x):
+            x = route_on = x.contiguous()  # once here, not once in the router and once in the compaction
         routing = self._route(x if route_on is None else route_on, mask)
         slots = routing.slots if routing.slots is not None else self._slot_budget(x.shape[1])
         out, kept = None, []

@@ -103,6 +103,25 @@ def test_skipped_tokens_get_exact_zeros_even_when_padding_output_is_nan():
     assert (out[~active] == 0).all()
 
 
+@pytest.mark.parametrize("backward", [False, True])
+def test_padding_slots_are_exact_zeros_when_the_last_token_is_nan(backward):
+    """Padding slots read a clamped index (the last token) before they are zeroed: a NaN or
+    inf there must not leak into the padding of values, grad_h or grad_gate."""
+    x = torch.randn(3, 5, 4)
+    x[-1, -1] = float("nan")  # the row every padding slot's clamped index reads
+    x[-1, -2] = float("inf")
+    active = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    packed = compress(x, active)
+    assert (packed.values[~packed.mask] == 0).all() and torch.isfinite(packed.values).all()
+    if backward:
+        h = packed.values.clone().requires_grad_(True)
+        gate = torch.rand(3, 5, requires_grad=True)
+        extract(h, packed, gate).backward(x)  # the NaN and inf sit at skipped tokens
+        assert (h.grad[~packed.mask] == 0).all()
+        torch.testing.assert_close(h.grad[packed.mask], (x * gate.detach().unsqueeze(-1))[active])
+        assert torch.isfinite(gate.grad[active]).all()
+
+
 @pytest.mark.parametrize("layout", ["padded", "flat"])
 @pytest.mark.parametrize("B,L,D", [(1, 1, 1), (3, 7, 5), (2, 13, 3)])
 def test_gradcheck_float64(B, L, D, layout):

@@ -3,7 +3,8 @@
 * the relative bias read from its bucket table vs bucketing each distance directly,
 * ``local_attention`` (one dense block for short inputs, banded blocks for long ones, the
   mask folded into the bias) vs the dense masked ``O(K^2)`` reference,
-* the one-FFT bidirectional EMA convolution vs two causal FFT convolutions.
+* the one-FFT bidirectional EMA convolution vs two causal FFT convolutions,
+* the option-major threshold router vs its option-last reference (``_forward_ref``).
 """
 
 import pytest
@@ -15,6 +16,7 @@ from smakit.modules import MultiHeadEMA, fft_causal_conv, local_attention
 from smakit.modules.attention import _blocking, _local_attention_ref
 from smakit.modules.ema import fft_two_sided_conv
 from smakit.modules.position import RelativePositionBias, relative_bias_ref, relative_bucket
+from smakit.routing import ThresholdRouter
 
 
 def grads_of(fn, inputs, weight):
@@ -214,3 +216,55 @@ def test_empty_sequence(window):
     out, span = local_attention(q, k, v, window, causal=False, bias=RelativePositionBias(8, 16, True))
     assert out.shape == (2, 0, 6) and span.shape == (2, 0)
     out.sum().backward()
+
+
+ROUTER_CASES = [(m, st, bt, g) for m in (1, 3) for st in (False, True) for bt in (False, True) for g in (False, True)]
+
+
+@pytest.mark.parametrize("M,straight_through,budget,gumbel", ROUTER_CASES,
+                         ids=[f"M{m}-st{st}-budget{bt}-gumbel{g}" for m, st, bt, g in ROUTER_CASES])
+@pytest.mark.parametrize("B,L", [(3, 37), (1, 1), (2, 0)], ids=lambda v: str(v))
+def test_threshold_router_matches_option_last_reference(M, straight_through, budget, gumbel, B, L):
+    """Decision, gate, logits, probs, the controller's bias update and every gradient, with
+    padding, a NaN token, ties in the scores and the same Gumbel draws (same seed)."""
+    torch.manual_seed(M + B + L)
+    router = ThresholdRouter(5, M, straight_through=straight_through, gumbel=gumbel,
+                             density_target=0.3 if budget else None).train()
+    with torch.no_grad():
+        router.proj.weight[-1] = router.proj.weight[0]  # the last module ties with skip on every token
+        router.proj.bias[-1] = router.proj.bias[0]
+    x = torch.randn(B, L, 5, requires_grad=True)
+    mask = torch.arange(L) < torch.tensor([L, max(L - 5, 0), 1][:B]).unsqueeze(1)
+    params = [x, *router.parameters()]
+    results = []
+    for fn in (router, router._forward_ref):
+        if budget:
+            router.budget.bias.fill_(0.1)
+        torch.manual_seed(7)
+        rt = fn(x, mask)
+        rt.logits.retain_grad()  # the option-last tensors users see are graph nodes
+        rt.probs.retain_grad()
+        w = torch.randn(rt.gate.shape)
+        loss = (torch.where(rt.active, rt.gate, 0.0) * w).sum() + torch.nan_to_num(rt.probs).square().sum()
+        for t in params:
+            t.grad = None
+        loss.backward()
+        results.append((rt, [None if t.grad is None else t.grad.clone() for t in params + [rt.logits, rt.probs]],
+                        router.budget.bias.clone() if budget else None))
+    (fast, g_fast, b_fast), (ref, g_ref, b_ref) = results
+    assert all(torch.isfinite(g).all() for g in g_ref if g is not None)
+    if L > 2:  # a NaN token is skipped alike (forward only: its gradients are NaN everywhere)
+        x_nan = x.detach().clone()
+        x_nan[0, 2] = float("nan")
+        torch.manual_seed(7)
+        nan_fast = router.eval()(x_nan, mask)
+        nan_ref = router._forward_ref(x_nan, mask)
+        assert torch.equal(nan_fast.active, nan_ref.active) and not nan_fast.active[:, 0, 2].any()
+        torch.testing.assert_close(nan_fast.gate, nan_ref.gate, rtol=1e-6, atol=1e-6)
+    assert torch.equal(fast.active, ref.active)
+    assert fast.logits.shape == ref.logits.shape == (B, L, M + 1)
+    for a, b in ((fast.gate, ref.gate), (fast.logits, ref.logits), (fast.probs, ref.probs)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(b_fast, b_ref)
+    for i, (a, b) in enumerate(zip(g_fast, g_ref)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True, msg=lambda m, i=i: f"grad {i}: {m}")

@@ -155,7 +155,9 @@ class MultiHeadEMA(nn.Module):
             y = fft_two_sided_conv(u, *k.chunk(2, dim=0))
         else:
             y = fft_causal_conv(u, k)
-        return y.transpose(1, 2) + x * self.omega
+        # the skip term first, so the sum is laid out [B, L, D]: `y.transpose(1, 2) + ...` would keep
+        # the conv's [B, D, L] memory, and every linear layer downstream would copy it again
+        return (x * self.omega).add_(y.transpose(1, 2))
 
     # decoding
     def init_state(self, batch_size: int, device=None, dtype=None) -> Tensor:
