@@ -99,6 +99,29 @@ def test_local_attention_matches_dense_reference_fp32(causal, attention, chunked
                 [q, k, v, bias.weight], w, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("causal,attention", [(True, "softmax"), (False, "softmax"), (False, "relu2")])
+@pytest.mark.parametrize("K,window", [(71, 16), (29, 3)], ids=lambda v: str(v))
+def test_blockwise_bias_table_gradient_in_partial_tables(rows, causal, attention, K, window, monkeypatch):
+    """The per-row bias table's gradient summed in ``rows`` partial tables (one per thread) vs
+    the dense reference: chunks of 6 blocks, so with 2 rows the last chunk of K=71 (27 blocks)
+    does not split evenly and takes one row; padding rows and masked keys included."""
+    monkeypatch.setattr(blockwise_module, "_table_grad_rows", lambda chunk: min(rows, chunk))
+    b, before, after = _blocking(K, window, causal, False)
+    monkeypatch.setattr(blockwise_module, "CHUNK_ELEMS", 6 * b * (before + 1 + after) * b // torch.get_num_threads())
+    torch.manual_seed(K + rows)
+    B, S, E = 3, 6, 5
+    q, k, v = (torch.randn(B, K, d, requires_grad=True) for d in (S, S, E))
+    mask = torch.arange(K) < torch.tensor([[K], [K - 11], [2]])
+    positions = torch.where(mask, (torch.rand(B, K) * 3).long().cumsum(1) + torch.arange(K), -1)
+    bias = RelativePositionBias(8, 16, bidirectional=not causal)
+    with torch.no_grad():
+        bias.weight.normal_(0.0, 1.0)
+    kw = dict(causal=causal, mask=mask, positions=positions, bias=bias, attention=attention)
+    assert_same(lambda: local_attention(q, k, v, window, **kw)[0], lambda: _local_attention_ref(q, k, v, window, **kw),
+                [q, k, v, bias.weight], torch.randn(B, K, E), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("causal,chunked", [(True, False), (False, False), (False, True)])
 @pytest.mark.parametrize("K,window", [(37, 5), (9, 16)], ids=lambda v: str(v))
 @pytest.mark.parametrize("path", ["blockwise", "vectorised"])

@@ -19,6 +19,16 @@ from torch import Tensor
 CHUNK_ELEMS = 2**17  # score entries per chunk: 512 KB in float32, about an L2 cache
 
 
+def _table_grad_rows(chunk: int) -> int:
+    """Partial bias-table gradients in backward, one per thread (at most one per block of a chunk).
+
+    One table takes ``index_add_`` (int32 indices, one thread; the fastest on one thread);
+    ``R > 1`` tables take ``scatter_add_`` into ``[R, T]`` (int64 indices), whose rows run
+    in parallel, and the gather that recomputes the bias becomes a row-parallel ``gather``.
+    """
+    return max(1, min(torch.get_num_threads(), chunk))
+
+
 def _windows(t: Tensor, g0: int, g1: int, b: int, Kw: int) -> Tensor:
     """Key windows of blocks ``g0..g1-1`` of the flat padded ``t [(N + nb - 1) * b, ...]`` as a view."""
     return t[g0 * b:(g1 - 1) * b + Kw].unfold(0, Kw, b).movedim(-1, 1)
@@ -34,7 +44,10 @@ def _scores(ctx, g0: int, g1: int, q: Tensor, k: Tensor, key_add: Tensor | None,
     # one pass fewer over the chunk than baddbmm's copy of its input followed by an add
     if table is not None:  # per-row bias (masked keys read the table's fill entries)
         idx = qpos[g0:g1].unsqueeze(-1) - kpos[g0:g1].unsqueeze(1)
-        s = table.index_select(0, idx.flatten()).view(G, b, Kw).add_(band)
+        if idx.dtype == torch.int64:  # row-parallel gather from the table broadcast over the blocks
+            s = table.expand(G, -1).gather(1, idx.view(G, b * Kw)).view(G, b, Kw).add_(band)
+        else:  # int32: index_select (one thread, half the index traffic)
+            s = table.index_select(0, idx.flatten()).view(G, b, Kw).add_(band)
     else:
         s = torch.add(key_add[g0:g1].unsqueeze(1), band)
     s.baddbmm_(q[g0:g1], _windows(k, g0, g1, b, Kw).transpose(1, 2), alpha=1 / math.sqrt(S))
@@ -77,7 +90,12 @@ class BlockwiseAttention(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         dk_blocks, dv_blocks = dk.view(-1, b, k.shape[-1]), dv.view(-1, b, v.shape[-1])
         dband = torch.zeros_like(band) if ctx.needs_input_grad[4] else None
-        dtable = torch.zeros_like(table) if table is not None and ctx.needs_input_grad[5] else None
+        dtable = None
+        if table is not None and ctx.needs_input_grad[5]:
+            R = _table_grad_rows(ctx.chunk)
+            dtable = table.new_zeros(R, table.numel())  # [R, T] partial sums, added up at the end
+            if R > 1:  # scatter_add_ takes int64 indices: widen the small position tensors once
+                qpos, kpos = qpos.long(), kpos.long()
         for g0 in range(0, N, ctx.chunk):
             g1 = min(g0 + ctx.chunk, N)
             s, idx = _scores(ctx, g0, g1, q, k, key_add, band, table, qpos, kpos)
@@ -97,6 +115,11 @@ class BlockwiseAttention(torch.autograd.Function):
             torch.bmm(ds, _windows(k, g0, g1, b, Kw), out=dq[g0:g1])
             if dband is not None:
                 dband += ds.sum(0)
-            if dtable is not None:
-                dtable.index_add_(0, idx.flatten(), ds.flatten())
+            if dtable is not None and dtable.shape[0] == 1:
+                dtable[0].index_add_(0, idx.flatten(), ds.flatten())
+            elif dtable is not None:  # R rows, each a contiguous run of the chunk's blocks (one row if uneven)
+                R = dtable.shape[0] if (g1 - g0) % dtable.shape[0] == 0 else 1
+                dtable[:R].scatter_add_(1, idx.view(R, -1), ds.view(R, -1))
+        if dtable is not None:
+            dtable = dtable.sum(0)
         return dq.mul_(alpha), dk.mul_(alpha), dv, None, dband, dtable, None, None, None, None, None
