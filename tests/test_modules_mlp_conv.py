@@ -44,6 +44,17 @@ def test_conv_centred_and_mask():
         CausalConv(4, kernel_size=4, causal=False)
 
 
+@pytest.mark.parametrize("bad", [0, -2, 2.0, True, "3"])
+def test_conv_rejects_a_kernel_size_that_is_not_a_positive_int(bad):
+    with pytest.raises(ValueError, match="kernel_size must be a positive int"):
+        CausalConv(4, kernel_size=bad)
+
+
+def test_conv_rejects_a_bad_dim():
+    with pytest.raises(ValueError, match="dim must be a positive int"):
+        CausalConv(0)
+
+
 def test_conv_behind_sma():
     torch.manual_seed(0)
     conv = CausalConv(4, kernel_size=2)

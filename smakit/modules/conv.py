@@ -35,6 +35,10 @@ class CausalConv(nn.Module):
 
     def __init__(self, dim: int, kernel_size: int = 4, causal: bool = True, bias: bool = True):
         super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+            raise ValueError(f"kernel_size must be a positive int, got {kernel_size!r}")
         if not causal and kernel_size % 2 == 0:
             raise ValueError(f"a centred convolution needs an odd kernel_size, got {kernel_size}")
         self.dim, self.kernel_size, self.causal = dim, kernel_size, causal
