@@ -5,6 +5,7 @@ not leak, ``None`` is the old layer, bad values are one-line errors, and the rec
 
 import pytest
 import torch
+from streaming_helpers import assert_same_state, stream
 
 from smakit.data import DatasetInfo
 from smakit.models import SeqBoat, SeqBoatLayer
@@ -18,25 +19,6 @@ def layer(mode="sparse", short_conv=4, causal=True, **kw):
     torch.manual_seed(0)
     return SeqBoatLayer(D, causal=causal, window=4, qk_dim=8, ema_ndim=4, mode=mode, short_conv=short_conv,
                         **kw).eval()
-
-
-def stream(lay, x, state=None):
-    state = lay.init_state(x.shape[0]) if state is None else state
-    out = []
-    for t in range(x.shape[1]):
-        y, state = lay.step(x[:, t], state)
-        out.append(y)
-    return torch.stack(out, 1), state
-
-
-def assert_same_state(a, b, path="state"):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same_state(a[k], b[k], f"{path}.{k}")
-    else:
-        assert a.shape == b.shape, path
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=path)
 
 
 @pytest.mark.parametrize("causal, k", [(True, 4), (True, 1), (False, 3)])

@@ -4,6 +4,7 @@ the input errors of decoding."""
 
 import pytest
 import torch
+from streaming_helpers import assert_same_state, stream
 from torch import nn
 
 from smakit import MLP, LocalGatedAttention, TopKRouter, aux_losses, sma
@@ -12,31 +13,6 @@ from smakit.modules import MultiHeadEMA
 from smakit.streaming import ema_final_state
 
 D = 16
-
-
-def stream(layer, x, **kw):
-    state = layer.init_state(x.shape[0])
-    out = []
-    for t in range(x.shape[1]):
-        y, state = layer.step(x[:, t], state, **kw)
-        out.append(y)
-    return torch.stack(out, 1), state
-
-
-def assert_same_state(a, b, path="state"):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same_state(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{path}[{i}]")
-    elif a is None:
-        assert b is None, path
-    else:
-        assert a.dtype == b.dtype and a.shape == b.shape, path
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=path)
 
 
 def routed_layer(router, slots, module=None, **kw):
