@@ -152,7 +152,6 @@ class SeqBoatLayer(nn.Module):
                 compaction_slots=compaction_slots, compaction_capacity=compaction_capacity, eval_slots=eval_slots,
                 eval_capacity=eval_capacity)
         # made last, so the other parameters start as they do without it (same seed, same init)
-        self.short_conv = short_conv
         self.conv = CausalConv(dim, short_conv, causal=causal) if exists(short_conv) else None
         self._real: Tensor | None = None  # [B, L] real tokens of the last forward
 
@@ -296,7 +295,7 @@ class SeqBoatLayer(nn.Module):
         u, h = self._state_input(x)
         state["ema"] = ema_final_state(self.ema, u)  # the EMA read u (normed x + its conv)
         if exists(self.conv):  # the conv keeps the last k - 1 normed inputs; the norm is per token
-            tail = x[:, max(L - self.short_conv + 1, 0):]
+            tail = x[:, max(L - self.conv.kernel_size + 1, 0):]
             state["conv"] = self.conv.final_state(self.norm(tail) if self.prenorm else tail)
         out = self.bypass(h)
         if self.mode == "sparse":
@@ -309,7 +308,7 @@ class SeqBoatLayer(nn.Module):
         return self._finish(out, x), state
 
     def extra_repr(self) -> str:
-        conv = f", short_conv={self.short_conv}" if exists(self.conv) else ""
+        conv = f", short_conv={self.conv.kernel_size}" if exists(self.conv) else ""
         return f"dim={self.dim}, causal={self.causal}, mode={self.mode!r}, prenorm={self.prenorm}" + conv
 
 
