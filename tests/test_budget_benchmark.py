@@ -77,3 +77,15 @@ def test_runs_not_rerun_keep_their_result_and_commit():
     assert merged["charlm-ctl-0.1"]["commit"] == "def5678"
     fresh["charlm-free"] = {"test": {"bpc": 2.7}, "commit": "def5678"}
     assert budget.merge_results(fresh, old)["charlm-free"]["test"]["bpc"] == 2.7  # a rerun replaces it
+
+
+def test_random_router_probe_replaces_the_scores_the_router_uses(monkeypatch):
+    from smakit.routing import ThresholdRouter, threshold
+
+    torch.manual_seed(0)
+    router, x = ThresholdRouter(8).eval(), torch.randn(2, 50, 8)
+    plain = router(x).logits
+    monkeypatch.setattr(threshold, "project_option_major", budget_probes.noise_scores)
+    noisy = router(x).logits
+    assert noisy.shape == plain.shape and not torch.allclose(noisy, plain)
+    assert noisy.std().item() == pytest.approx(3.0, rel=0.2)  # the probe's noise, not the projection

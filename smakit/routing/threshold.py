@@ -23,6 +23,14 @@ def _first_argmax(t: Tensor) -> Tensor:
     return choice
 
 
+def project_option_major(x: Tensor, proj: nn.Linear) -> Tensor:
+    """``proj(x)`` in float32, laid out option-major: ``x [B, L, D]`` -> ``[O, B * L]`` (``W x^T``,
+    one product with a long output row)."""
+    B, L, D = x.shape
+    w, xt = proj.weight.float(), x.float().reshape(B * L, D).t()
+    return w @ xt if proj.bias is None else torch.addmm(proj.bias.float().unsqueeze(1), w, xt)
+
+
 class ThresholdRouter(nn.Module):
     """Per-token choice among ``skip`` and ``num_modules`` modules (SeqBoat's router).
 
@@ -127,14 +135,12 @@ class ThresholdRouter(nn.Module):
         """
         if validate:
             check_route_input(x, mask, self.dim, "route_on")
-        B, L, D = x.shape
+        B, L, _ = x.shape
         with fp32_math(x.device):
-            w = self.proj.weight.float()
-            xt = x.float().reshape(B * L, D).t()
-            logits = (w @ xt if self.proj.bias is None else torch.addmm(self.proj.bias.float().unsqueeze(1), w, xt))
             # the option-last view is the graph node users see (retain_grad works on it); the math
             # below runs on its option-major view of the same memory
-            logits = logits.view(w.shape[0], B, L).permute(1, 2, 0)  # [B, L, 1 + M]
+            logits = project_option_major(x, self.proj).view(self.proj.out_features, B, L)
+            logits = logits.permute(1, 2, 0)  # [B, L, 1 + M]
             scores = logits.permute(2, 0, 1) / self.log_temperature.float().exp()  # [1 + M, B, L]
             if self.budget is not None:  # non-gradient offset of the module scores (skip stays 0)
                 scores = torch.cat([scores[:1], scores[1:] + self.budget.bias.view(-1, 1, 1)], 0)
