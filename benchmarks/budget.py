@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = "../shared/data/shakespeare"
 BAND = 0.05
 
-def _run(recipe, mechanism, target=None, extra=(), probe=None, steps=None, conv=False):
+def _run(recipe, mechanism, target=None, extra=(), probe=None, steps=None, conv=False, gate=False):
     """One training run: ``probe`` (see ``budget_probes.py``) patches the model; ``steps``
-    replaces ``--steps``; ``conv`` keeps the char-LM recipe's short convolution (the runs
-    without it are the layer as it was before ``short_conv``)."""
+    replaces ``--steps``; ``conv`` keeps the char-LM recipe's short convolution and ``gate``
+    its update gate (the runs without them are the layer as it was before each)."""
     return {"recipe": recipe, "mechanism": mechanism, "target": target, "extra": list(extra), "probe": probe,
-            "steps": steps, "conv": conv}
+            "steps": steps, "conv": conv, "gate": gate}
 
 
 CHARLM, LISTOPS = "seqboat-charlm", "seqboat-listops"
@@ -80,8 +80,20 @@ RUNS = {
     "charlm-sc-ctl-0.1-1000": _run(CHARLM, "controller", 0.1, steps=1000, conv=True),
     "charlm-sc-ctl-0.25-1000": _run(CHARLM, "controller", 0.25, steps=1000, conv=True),
     "charlm-sc-ctl-0.5-1000": _run(CHARLM, "controller", 0.5, steps=1000, conv=True),
+    "charlm-sc-free-window1": _run(CHARLM, "free", extra=["--model.window", "1"], conv=True),
+    "charlm-sc-ctl-0.25-window1": _run(CHARLM, "controller", 0.25, ["--model.window", "1"], conv=True),
     "charlm-sc-ema-only-1000": _run(CHARLM, "ema_only", extra=["--model.variant", "ema_only"], steps=1000,
                                     conv=True),
+    # the recipe as it is: the short convolution and the update gate
+    "charlm-ug-free": _run(CHARLM, "free", conv=True, gate=True),
+    "charlm-ug-free-seed1": _run(CHARLM, "free", extra=["--train.seed", "1"], conv=True, gate=True),
+    "charlm-ug-ctl-0.1": _run(CHARLM, "controller", 0.1, conv=True, gate=True),
+    "charlm-ug-ctl-0.25": _run(CHARLM, "controller", 0.25, conv=True, gate=True),
+    "charlm-ug-ctl-0.5": _run(CHARLM, "controller", 0.5, conv=True, gate=True),
+    "charlm-ug-ctl-0.1-seed1": _run(CHARLM, "controller", 0.1, ["--train.seed", "1"], conv=True, gate=True),
+    "charlm-ug-ctl-0.25-seed1": _run(CHARLM, "controller", 0.25, ["--train.seed", "1"], conv=True, gate=True),
+    "charlm-ug-ema-only": _run(CHARLM, "ema_only", extra=["--model.variant", "ema_only"], conv=True, gate=True),
+    "charlm-ug-free-window1": _run(CHARLM, "free", extra=["--model.window", "1"], conv=True, gate=True),
     "listops-free": _run(LISTOPS, "free"),
     "listops-ctl-0.1": _run(LISTOPS, "controller", 0.1),
     "listops-ctl-0.25": _run(LISTOPS, "controller", 0.25),
@@ -92,7 +104,8 @@ RUNS = {
 def free_run(name: str) -> str:
     """The free run a row is compared with: same task, same number of steps."""
     spec = RUNS[name]
-    base = ("charlm-sc-free" if spec["conv"] else "charlm-free") if spec["recipe"] == CHARLM else "listops-free"
+    layer = "ug-" if spec["gate"] else "sc-" if spec["conv"] else ""
+    base = f"charlm-{layer}free" if spec["recipe"] == CHARLM else "listops-free"
     return base + (f"-{spec['steps']}" if spec["steps"] else "")
 
 
@@ -104,6 +117,7 @@ def command(name: str, steps: int, out: Path) -> list[str]:
            "--out", str(out), "--no-progress", *spec["extra"]]
     if spec["recipe"] == CHARLM:
         cmd += ["--data.path", SHAKESPEARE] + ([] if spec["conv"] else ["--model.short_conv", "none"])
+        cmd += [] if spec["gate"] else ["--model.update_gate", "false"]
     if spec["target"] is not None:
         cmd += ["--model.density_target", str(spec["target"]), "--model.density_mode", spec["mechanism"]]
     elif spec["mechanism"] == "free":  # seqboat-listops has a default budget
@@ -130,7 +144,8 @@ def options(name: str) -> str:
     spec = RUNS[name]
     extra = " ".join(a for a in spec["extra"] if a != "--model.variant" and a != "ema_only")
     conv = spec["recipe"] == CHARLM and not spec["conv"] and "short_conv none"
-    return " ".join(x for x in (conv, extra, spec["probe"] and f"probe {spec['probe']}") if x) or "-"
+    gate = spec["recipe"] == CHARLM and not spec["gate"] and "update_gate false"
+    return " ".join(x for x in (conv, gate, extra, spec["probe"] and f"probe {spec['probe']}") if x) or "-"
 
 
 def row(name: str, summary: dict, free: dict | None, steps: int) -> list:

@@ -43,7 +43,7 @@ def all_keys_forward(self, x, mask=None):
     out = self.bypass(h) + y * routing.gate[0].unsqueeze(-1).to(y.dtype)
     self.attn._record(routing, routing.active)
     self._ratio = self.attn.stats.ratio[0]
-    return self._finish(out, x)
+    return self._finish(out, x, h)
 
 
 def warmup_update(self, scores, mask):

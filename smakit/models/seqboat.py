@@ -30,7 +30,9 @@ class SeqBoatLayer(nn.Module):
     a :class:`~smakit.modules.LocalGatedAttention` attends over the last ``window`` *routed*
     tokens (relative positions and rotary by original position); its outputs come back
     multiplied by the router probability. The layer output is
-    ``silu(h W_bypass + gated_attention + x)`` (normalised after, with ``prenorm=False``).
+    ``silu(h W_bypass + gated_attention + x)`` (normalised after, with ``prenorm=False``);
+    with ``update_gate``, ``x + u * (silu(h W_bypass + gated_attention) - x)`` for the update
+    gate ``u = sigmoid(h W_u)`` (Mega's gated residual, Ma et al., 2023).
 
     ``mode`` gives the ablations from the same parts: ``"sparse"`` (SeqBoat), ``"always"``
     (attention on every token, SeqBoat-full; with ``chunked=True`` Mega-chunk) and
@@ -53,6 +55,9 @@ class SeqBoatLayer(nn.Module):
             gives the EMA the exact last few tokens. Causal (left-padded) in a causal layer,
             centred (odd size) in a bidirectional one; padded tokens are zeroed first.
             Default: ``None`` (no convolution).
+        update_gate (bool): mix the new value into the input by a per-token, per-channel
+            gate read from ``h`` (above), so every token gets a content-dependent update
+            whether or not it was routed. Default: ``False`` (the layer of before).
         prenorm (bool): normalise the input (else the output). Default: ``True``.
         dropout (float): dropout on the EMA output and the mixed output. Default: 0.0.
         attn_dropout (float): dropout on attention weights. Default: 0.0.
@@ -80,6 +85,7 @@ class SeqBoatLayer(nn.Module):
 
     Attributes:
         conv (CausalConv or None): the ``short_conv`` convolution.
+        update (nn.Linear or None): the ``update_gate`` projection ``[D -> D]``.
         attn: ``sma(LocalGatedAttention)`` (sparse), the bare GAU (always) or ``None``.
         gau (LocalGatedAttention or None): the attention unit itself (a view of ``attn``,
             not registered twice; checkpoints with the older ``gau.*`` keys still load).
@@ -115,6 +121,7 @@ class SeqBoatLayer(nn.Module):
         ema_ndim: int = 16,
         truncation: int | None = None,
         short_conv: int | None = None,
+        update_gate: bool = False,
         prenorm: bool = True,
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
@@ -136,6 +143,8 @@ class SeqBoatLayer(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         _check_short_conv(short_conv, causal)
+        if not isinstance(update_gate, bool):
+            raise ValueError(f"update_gate must be True or False, got {update_gate!r}")
         self.dim, self.causal, self.mode, self.prenorm = dim, causal, mode, prenorm
         self.norm = nn.LayerNorm(dim)
         self.ema = MultiHeadEMA(dim, ema_ndim, bidirectional=not causal, truncation=truncation)
@@ -153,6 +162,7 @@ class SeqBoatLayer(nn.Module):
                 eval_capacity=eval_capacity)
         # made last, so the other parameters start as they do without it (same seed, same init)
         self.conv = CausalConv(dim, short_conv, causal=causal) if exists(short_conv) else None
+        self.update = nn.Linear(dim, dim) if update_gate else None
         self._real: Tensor | None = None  # [B, L] real tokens of the last forward
 
     @property
@@ -182,6 +192,8 @@ class SeqBoatLayer(nn.Module):
             self.router.reset_parameters()
         if exists(self.conv):
             self.conv.reset_parameters()
+        if exists(self.update):
+            self.update.reset_parameters()
 
     def _state_input(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(u, h = silu(EMA(u)))`` for a sequence ``[B, L, D]``: ``u`` the normed ``x``,
@@ -191,21 +203,26 @@ class SeqBoatLayer(nn.Module):
             xn = xn + self.conv(xn, mask)  # the conv zeroes padded tokens first
         return xn, self.drop(F.silu(self.ema(xn, mask)))
 
-    def _finish(self, out: Tensor, residual: Tensor) -> Tensor:
-        out = F.silu(self.drop(out) + residual)
+    def _finish(self, out: Tensor, residual: Tensor, h: Tensor) -> Tensor:
+        """The layer output from the mixed ``out``, the input ``residual`` and the state ``h``."""
+        if exists(self.update):
+            u = torch.sigmoid(self.update(h))
+            out = torch.lerp(residual, F.silu(self.drop(out)), u)  # residual + u * (silu(out) - residual)
+        else:
+            out = F.silu(self.drop(out) + residual)
         return out if self.prenorm else self.norm(out)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self._real = _real_tokens(x, mask)
         if x.shape[0] == 0 or x.shape[1] == 0:  # nothing to mix (and the FFT cannot take L = 0)
-            return self._finish(self.bypass(x), x)
+            return self._finish(self.bypass(x), x, x)
         _, h = self._state_input(x, mask)
         out = self.bypass(h)
         if self.mode == "sparse":
             out = out + self.attn(h, mask=mask, route_on=h)
         elif self.mode == "always":
             out = out + self.attn(h, mask=mask)
-        return self._finish(out, x)
+        return self._finish(out, x, h)
 
     @property
     def routing_stats(self) -> RoutingStats | None:
@@ -278,7 +295,7 @@ class SeqBoatLayer(nn.Module):
         elif self.mode == "always":
             a, new["attn"] = self.attn.step(h, state["pos"], state["attn"])
             out, new["pos"] = out + a, state["pos"] + 1
-        return self._finish(out, x), new
+        return self._finish(out, x, h), new
 
     def prefill(self, x: Tensor) -> tuple[Tensor, dict]:
         """The parallel forward over a prompt ``x [B, L, D]`` and the state after it.
@@ -305,11 +322,12 @@ class SeqBoatLayer(nn.Module):
             out = out + self.attn(h)
             state["attn"] = self.attn.prefill_cache(h)
             state["pos"] = torch.full((B,), L, dtype=torch.long, device=x.device)
-        return self._finish(out, x), state
+        return self._finish(out, x, h), state
 
     def extra_repr(self) -> str:
         conv = f", short_conv={self.conv.kernel_size}" if exists(self.conv) else ""
-        return f"dim={self.dim}, causal={self.causal}, mode={self.mode!r}, prenorm={self.prenorm}" + conv
+        update = ", update_gate=True" if exists(self.update) else ""
+        return f"dim={self.dim}, causal={self.causal}, mode={self.mode!r}, prenorm={self.prenorm}" + conv + update
 
 
 def _check_short_conv(short_conv, causal: bool) -> None:
@@ -361,7 +379,7 @@ class SeqBoat(SequenceModel):
         dropout (float): dropout. Default: 0.0.
         tie_embeddings (bool): share the LM head with the token embedding. Default: ``False``.
         **layer_kwargs: further :class:`SeqBoatLayer` options (``prenorm``, ``truncation``,
-            ``short_conv``, ``max_distance``, ``straight_through``, ``density_target``, ...). A list
+            ``short_conv``, ``update_gate``, ``max_distance``, ``straight_through``, ``density_target``, ...). A list
             ``density_target`` gives one target per routed layer.
 
     Shape:

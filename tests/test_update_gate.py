@@ -1,0 +1,143 @@
+"""SeqBoatLayer(update_gate=True): ``x + u * (silu(mixed) - x)`` with ``u = sigmoid(h W_u)``.
+
+The formula against a hand computation, causal = no future leak, step == forward, prefill ==
+forward + the stepped state, padding does not leak, ``False`` is the old layer, bad values are
+one-line errors, gradients reach the gate, and the char-LM recipes use it."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from streaming_helpers import assert_same_state, stream
+
+from smakit.data import DatasetInfo
+from smakit.models import SeqBoat, SeqBoatLayer
+
+D = 16
+MODES = ["sparse", "always", "none"]
+
+
+def layer(mode="sparse", causal=True, update_gate=True, **kw):
+    torch.manual_seed(0)
+    return SeqBoatLayer(D, causal=causal, window=4, qk_dim=8, ema_ndim=4, mode=mode, update_gate=update_gate,
+                        **kw).eval()
+
+
+@pytest.mark.parametrize("prenorm", [True, False])
+def test_output_is_the_gated_residual(prenorm):
+    """EMA-only keeps the formula small: mixed = h W_bypass, h = silu(EMA(norm(x)))."""
+    lay = layer("none", prenorm=prenorm)
+    x = torch.randn(2, 9, D)
+    with torch.no_grad():
+        h = F.silu(lay.ema(lay.norm(x) if prenorm else x))
+        u = torch.sigmoid(h @ lay.update.weight.T + lay.update.bias)
+        want = x + u * (F.silu(lay.bypass(h)) - x)
+        torch.testing.assert_close(lay(x), want if prenorm else lay.norm(want), rtol=1e-5, atol=1e-5)
+    assert "update_gate=True" in repr(lay)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_causal_layer_does_not_read_the_future(mode):
+    lay = layer(mode)
+    x = torch.randn(2, 13, D)
+    t = 6
+    x2 = x.clone()
+    x2[:, t] += 3.0 * torch.randn(2, D)
+    with torch.no_grad():
+        y, y2 = lay(x), lay(x2)
+    torch.testing.assert_close(y2[:, :t], y[:, :t], rtol=1e-5, atol=1e-5)
+    assert ((y2 - y)[:, t:t + 4].abs().amax(-1) > 1e-3).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("short_conv", [None, 4])
+def test_step_equals_forward(mode, short_conv):
+    lay = layer(mode, short_conv=short_conv)
+    x = torch.randn(2, 17, D)
+    with torch.no_grad():
+        torch.testing.assert_close(stream(lay, x)[0], lay(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_prefill_equals_forward_and_stepping_continues(mode):
+    lay = layer(mode)
+    x = torch.randn(2, 15, D)
+    with torch.no_grad():
+        y, state = lay.prefill(x[:, :9])
+        full = lay(x)
+        torch.testing.assert_close(y, full[:, :9], rtol=1e-5, atol=1e-5)
+        assert_same_state(state, stream(lay, x[:, :9])[1])
+        rest = stream(lay, x[:, 9:], state)[0]
+    torch.testing.assert_close(rest, full[:, 9:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_padding_does_not_leak_in_a_bidirectional_layer(mode):
+    lay = layer(mode, causal=False)
+    x = torch.randn(2, 12, D)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[0, 7:] = False
+    x2 = x.clone()
+    x2[0, 7:] = 100.0 * torch.randn(5, D)
+    with torch.no_grad():
+        y, y2 = lay(x, mask), lay(x2, mask)
+        alone = lay(x[:1, :7])
+    torch.testing.assert_close(y2[mask], y[mask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y[0, :7], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_empty_batch_and_length():
+    lay = layer()
+    assert lay(torch.randn(0, 5, D)).shape == (0, 5, D)
+    assert lay(torch.randn(2, 0, D)).shape == (2, 0, D)
+
+
+def test_false_is_the_layer_of_before():
+    old, new = layer(update_gate=False), layer(update_gate=True)
+    assert old.update is None and "update_gate" not in repr(old)
+    assert set(new.state_dict()) - set(old.state_dict()) == {"update.weight", "update.bias"}
+    for k, v in old.state_dict().items():  # the gate is made last: the rest starts the same
+        assert torch.equal(new.state_dict()[k], v), k
+    with pytest.raises(RuntimeError, match="update.weight"):  # an old checkpoint is not silently short
+        new.load_state_dict(old.state_dict())
+
+
+@pytest.mark.parametrize("value", [1, 0, "true", None, 0.5])
+def test_bad_update_gate_is_a_one_line_error(value):
+    with pytest.raises(ValueError, match="update_gate") as err:
+        SeqBoatLayer(D, causal=True, window=4, qk_dim=8, update_gate=value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradients_reach_the_gate_and_the_input(mode):
+    lay = layer(mode).train()
+    x = torch.randn(2, 9, D, requires_grad=True)
+    lay(x).square().mean().backward()
+    assert lay.update.weight.grad.abs().sum() > 0 and lay.update.bias.grad.abs().sum() > 0
+    assert x.grad.abs().sum() > 0
+
+
+def test_model_passes_it_to_every_layer_and_decodes():
+    torch.manual_seed(0)
+    model = SeqBoat(vocab_size=30, dim=D, depth=2, lm=True, window=4, qk_dim=8, ema_ndim=4,
+                    update_gate=True).eval()
+    assert all(m.update is not None for m in model.layers)
+    ids = torch.randint(0, 30, (2, 10))
+    with torch.no_grad():
+        logits, state = model.prefill(ids[:, :6])
+        step, _ = model.step(ids[:, 6], state)
+        full = model(ids)
+    torch.testing.assert_close(logits, full[:, :6], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(step, full[:, 6], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("recipe", ["seqboat-charlm", "seqboat-full-charlm", "mega-chunk-charlm", "ema-only-charlm"])
+def test_charlm_recipes_use_the_update_gate(recipe):
+    from smakit.train import load_recipe
+    from smakit.train.build import build_model
+
+    info = DatasetInfo("x", "lm", 30, 64, vocab_size=30)
+    model = build_model(info, load_recipe(recipe, "cpu").model)
+    assert [m.update is not None for m in model.layers if isinstance(m, SeqBoatLayer)] == [True, True]
+    plain = build_model(info, load_recipe(recipe, "cpu", {"model.update_gate": False}).model)
+    assert all(m.update is None for m in plain.layers if isinstance(m, SeqBoatLayer))
