@@ -1,7 +1,8 @@
 """SeqBoatLayer(short_conv=k): a depthwise convolution of the normed input before the EMA.
 
 Causal = no future leak, step == forward, prefill == forward + the stepped state, padding does
-not leak, ``None`` is the old layer, bad values are one-line errors, and the recipes use it."""
+not leak (with and without the update gate), ``None`` is the old layer, bad values are one-line
+errors, and the recipes use it (and the update gate)."""
 
 import pytest
 import torch
@@ -99,8 +100,9 @@ def test_step_without_the_conv_state_is_an_error():
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_padding_does_not_leak_in_a_bidirectional_layer(mode):
-    lay = layer(mode, 3, causal=False)
+@pytest.mark.parametrize("update_gate", [False, True])
+def test_padding_does_not_leak_in_a_bidirectional_layer(mode, update_gate):
+    lay = layer(mode, 3, causal=False, update_gate=update_gate)
     x = torch.randn(2, 12, D)
     mask = torch.ones(2, 12, dtype=torch.bool)
     mask[0, 7:] = False
@@ -154,12 +156,13 @@ def test_model_passes_it_to_every_layer_and_decodes():
 
 
 @pytest.mark.parametrize("recipe", ["seqboat-charlm", "seqboat-full-charlm", "mega-chunk-charlm", "ema-only-charlm"])
-def test_charlm_recipes_use_a_short_conv_of_4(recipe):
+def test_charlm_recipes_use_a_short_conv_of_4_and_the_update_gate(recipe):
     from smakit.train import load_recipe
     from smakit.train.build import build_model
 
     info = DatasetInfo("x", "lm", 30, 64, vocab_size=30)
-    model = build_model(info, load_recipe(recipe, "cpu").model)
-    assert [m.conv.kernel_size for m in model.layers if isinstance(m, SeqBoatLayer)] == [4, 4]
-    plain = build_model(info, load_recipe(recipe, "cpu", {"model.short_conv": "none"}).model)
-    assert all(m.conv is None for m in plain.layers if isinstance(m, SeqBoatLayer))
+    layers = lambda over: [m for m in build_model(info, load_recipe(recipe, "cpu", over).model).layers  # noqa: E731
+                           if isinstance(m, SeqBoatLayer)]
+    assert [(m.conv.kernel_size, m.update is not None) for m in layers({})] == [(4, True)] * 2
+    assert all(m.conv is None and m.update is not None for m in layers({"model.short_conv": "none"}))
+    assert all(m.conv.kernel_size == 4 and m.update is None for m in layers({"model.update_gate": False}))

@@ -1,15 +1,14 @@
 """SeqBoatLayer(update_gate=True): ``x + u * (silu(mixed) - x)`` with ``u = sigmoid(h W_u)``.
 
 The formula against a hand computation, causal = no future leak, step == forward, prefill ==
-forward + the stepped state, padding does not leak, ``False`` is the old layer, bad values are
-one-line errors, gradients reach the gate, and the char-LM recipes use it."""
+forward + the stepped state, ``False`` is the old layer, bad values are one-line errors, and
+gradients reach the gate (padding and the recipes: ``test_short_conv.py``, with the conv)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from streaming_helpers import assert_same_state, stream
 
-from smakit.data import DatasetInfo
 from smakit.models import SeqBoat, SeqBoatLayer
 
 D = 16
@@ -70,21 +69,6 @@ def test_prefill_equals_forward_and_stepping_continues(mode):
     torch.testing.assert_close(rest, full[:, 9:], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_padding_does_not_leak_in_a_bidirectional_layer(mode):
-    lay = layer(mode, causal=False)
-    x = torch.randn(2, 12, D)
-    mask = torch.ones(2, 12, dtype=torch.bool)
-    mask[0, 7:] = False
-    x2 = x.clone()
-    x2[0, 7:] = 100.0 * torch.randn(5, D)
-    with torch.no_grad():
-        y, y2 = lay(x, mask), lay(x2, mask)
-        alone = lay(x[:1, :7])
-    torch.testing.assert_close(y2[mask], y[mask], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(y[0, :7], alone[0], rtol=1e-5, atol=1e-5)
-
-
 def test_empty_batch_and_length():
     lay = layer()
     assert lay(torch.randn(0, 5, D)).shape == (0, 5, D)
@@ -130,14 +114,3 @@ def test_model_passes_it_to_every_layer_and_decodes():
     torch.testing.assert_close(logits, full[:, :6], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(step, full[:, 6], rtol=1e-5, atol=1e-5)
 
-
-@pytest.mark.parametrize("recipe", ["seqboat-charlm", "seqboat-full-charlm", "mega-chunk-charlm", "ema-only-charlm"])
-def test_charlm_recipes_use_the_update_gate(recipe):
-    from smakit.train import load_recipe
-    from smakit.train.build import build_model
-
-    info = DatasetInfo("x", "lm", 30, 64, vocab_size=30)
-    model = build_model(info, load_recipe(recipe, "cpu").model)
-    assert [m.update is not None for m in model.layers if isinstance(m, SeqBoatLayer)] == [True, True]
-    plain = build_model(info, load_recipe(recipe, "cpu", {"model.update_gate": False}).model)
-    assert all(m.update is None for m in plain.layers if isinstance(m, SeqBoatLayer))
