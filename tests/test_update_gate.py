@@ -114,3 +114,19 @@ def test_model_passes_it_to_every_layer_and_decodes():
     torch.testing.assert_close(logits, full[:, :6], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(step, full[:, 6], rtol=1e-5, atol=1e-5)
 
+
+
+def test_bf16_autocast_on_cpu_is_close_to_float32():
+    """The gate runs in bf16 under autocast while the residual stream stays float32: the mix
+    must promote (``torch.lerp`` here raised a dtype error), and stay near the fp32 output."""
+    torch.manual_seed(0)
+    model = SeqBoat(vocab_size=30, dim=D, depth=2, lm=True, window=4, qk_dim=8, ema_ndim=4, short_conv=4,
+                    update_gate=True)
+    ids = torch.randint(0, 30, (2, 13))
+    ref = model(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids)
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.layers[0].update.weight.grad.abs().sum() > 0

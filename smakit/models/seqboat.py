@@ -207,7 +207,7 @@ class SeqBoatLayer(nn.Module):
         """The layer output from the mixed ``out``, the input ``residual`` and the state ``h``."""
         if exists(self.update):
             u = torch.sigmoid(self.update(h))
-            out = torch.lerp(residual, F.silu(self.drop(out)), u)  # residual + u * (silu(out) - residual)
+            out = residual + u * (F.silu(self.drop(out)) - residual)  # not lerp: under autocast the dtypes differ
         else:
             out = F.silu(self.drop(out) + residual)
         return out if self.prenorm else self.norm(out)
