@@ -33,13 +33,14 @@ BAND = 0.05
 
 def _run(recipe, mechanism, target=None, extra=(), probe=None, steps=None, conv=False, gate=False):
     """One training run: ``probe`` (see ``budget_probes.py``) patches the model; ``steps``
-    replaces ``--steps``; ``conv`` keeps the char-LM recipe's short convolution and ``gate``
-    its update gate (the runs without them are the layer as it was before each)."""
+    replaces ``--steps``; ``conv`` keeps the char-LM recipe's short convolution (the runs
+    without it are the layer as it was before it); ``gate``: the layer has an update gate."""
     return {"recipe": recipe, "mechanism": mechanism, "target": target, "extra": list(extra), "probe": probe,
             "steps": steps, "conv": conv, "gate": gate}
 
 
 CHARLM, LISTOPS = "seqboat-charlm", "seqboat-listops"
+RECIPE_GATE = {CHARLM: True, LISTOPS: False}  # update_gate as each recipe sets it
 RUNS = {
     "charlm-free": _run(CHARLM, "free"),
     "charlm-free-seed1": _run(CHARLM, "free", extra=["--train.seed", "1"]),
@@ -98,14 +99,23 @@ RUNS = {
     "listops-ctl-0.1": _run(LISTOPS, "controller", 0.1),
     "listops-ctl-0.25": _run(LISTOPS, "controller", 0.25),
     "listops-ctl-0.5": _run(LISTOPS, "controller", 0.5),
+    "listops-gate-free": _run(LISTOPS, "free", gate=True),
+    "listops-gate-ctl-0.25": _run(LISTOPS, "controller", 0.25, gate=True),
 }
 
 
 def free_run(name: str) -> str:
-    """The free run a row is compared with: same task, same number of steps."""
+    """The free run a row is compared with: same task, layer, number of steps and seed (when
+    that seed has a free run)."""
     spec = RUNS[name]
-    layer = "ug-" if spec["gate"] else "sc-" if spec["conv"] else ""
-    base = f"charlm-{layer}free" if spec["recipe"] == CHARLM else "listops-free"
+    if spec["recipe"] == CHARLM:
+        base = "charlm-" + ("ug-" if spec["gate"] else "sc-" if spec["conv"] else "") + "free"
+    else:
+        base = "listops-gate-free" if spec["gate"] else "listops-free"
+    extra = spec["extra"]
+    seed = extra[extra.index("--train.seed") + 1] if "--train.seed" in extra else None
+    if seed is not None and f"{base}-seed{seed}" in RUNS:
+        return f"{base}-seed{seed}"
     return base + (f"-{spec['steps']}" if spec["steps"] else "")
 
 
@@ -117,7 +127,9 @@ def command(name: str, steps: int, out: Path) -> list[str]:
            "--out", str(out), "--no-progress", *spec["extra"]]
     if spec["recipe"] == CHARLM:
         cmd += ["--data.path", SHAKESPEARE] + ([] if spec["conv"] else ["--model.short_conv", "none"])
-        cmd += [] if spec["gate"] else ["--model.update_gate", "false"]
+
+    if spec["gate"] != RECIPE_GATE[spec["recipe"]]:
+        cmd += ["--model.update_gate", str(spec["gate"]).lower()]
     if spec["target"] is not None:
         cmd += ["--model.density_target", str(spec["target"]), "--model.density_mode", spec["mechanism"]]
     elif spec["mechanism"] == "free":  # seqboat-listops has a default budget
@@ -144,7 +156,7 @@ def options(name: str) -> str:
     spec = RUNS[name]
     extra = " ".join(a for a in spec["extra"] if a != "--model.variant" and a != "ema_only")
     conv = spec["recipe"] == CHARLM and not spec["conv"] and "short_conv none"
-    gate = spec["recipe"] == CHARLM and not spec["gate"] and "update_gate false"
+    gate = spec["gate"] != RECIPE_GATE[spec["recipe"]] and f"update_gate {str(spec['gate']).lower()}"
     return " ".join(x for x in (conv, gate, extra, spec["probe"] and f"probe {spec['probe']}") if x) or "-"
 
 

@@ -39,6 +39,10 @@ def test_rows_compare_with_the_free_run_of_the_same_task_and_length():
     assert budget.free_run("listops-ctl-0.1") == "listops-free"
     assert budget.free_run("charlm-sc-ctl-0.1") == "charlm-sc-free"  # the short conv against itself
     assert budget.free_run("charlm-sc-ctl-0.5-1000") == "charlm-sc-free-1000"
+    assert budget.free_run("charlm-ug-ctl-0.25") == "charlm-ug-free"  # the recipe as it is
+    assert budget.free_run("charlm-ug-ctl-0.25-seed1") == "charlm-ug-free-seed1"  # the same seed
+    assert budget.free_run("charlm-ug-free-seed1") == "charlm-ug-free-seed1"
+    assert budget.free_run("listops-gate-ctl-0.25") == "listops-gate-free"
     assert all(budget.free_run(n) in budget.RUNS for n in budget.RUNS)
     summary = {"test": {"bpc": 2.9, "activation": [0.24, 0.31]}, "minutes": 1.0}
     free = {"test": {"bpc": 2.8, "activation": [1.0, 1.0]}, "minutes": 1.0}
