@@ -35,10 +35,10 @@ def left_padded(lengths=LENGTHS, seed=1):
 def seqboat(variant="seqboat", **kw):
     torch.manual_seed(0)
     model = SeqBoat(vocab_size=V, dim=D, depth=2, lm=True, window=4, qk_dim=8, ema_ndim=4, variant=variant, **kw)
-    with torch.no_grad():  # route about half the tokens, so the window spans gaps
-        for layer in model.layers:
+    with torch.no_grad():  # route about half the tokens (the window spans gaps), and an all-zero
+        for layer in model.layers:  # token (h at padding) would be routed if the mask were lost
             if getattr(layer, "mode", None) == "sparse":
-                layer.router.proj.bias.zero_()
+                layer.router.proj.bias.copy_(torch.tensor([0.0, 0.1]))
     return model.eval()
 
 
