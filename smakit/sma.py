@@ -394,13 +394,26 @@ class SparseModularActivation(nn.Module):
         """
         return sma_step(self, x, state, route_on, **extra)
 
-    def prefill(self, x: Tensor, route_on: Tensor | None = None, **extra: Tensor) -> tuple[Tensor, dict]:
+    def prefill(self, x: Tensor, route_on: Tensor | None = None, *, mask: Tensor | None = None,
+                **extra: Tensor) -> tuple[Tensor, dict]:
         """The parallel :meth:`forward` over a prompt ``x [B, L, D]`` and the decoding state after it.
 
+        Args:
+            x (Tensor): ``[B, L, D]`` the prompt.
+            route_on (Tensor, optional): ``[B, L, D_r]`` what the router reads (default ``x``).
+            mask (Tensor, optional): ``[B, L]`` bool, True = real token, and only left padding
+                (each row's real tokens last): prompts of different lengths in one batch.
+                Padding is never routed, so each row's output at its real tokens and its state
+                are those of the row alone; positions count the padding (an offset of the
+                whole row, invisible to position differences). A capacity budget (a fraction of
+                the padded length) is refused. Default: ``None`` (all real).
+            **extra (Tensor): further ``[B, L, *]`` inputs, as in :meth:`forward`.
+
         Returns:
-            ``(y [B, L, D_out], state)``; the state equals stepping through ``x`` with :meth:`step`.
+            ``(y [B, L, D_out], state)``; the state equals stepping through ``x`` with :meth:`step`
+            (through each row's real tokens alone, with ``mask``). ``y`` is zero at padding.
         """
-        return sma_prefill(self, x, route_on, **extra)
+        return sma_prefill(self, x, route_on, mask, **extra)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, layout={self.layout!r}, backend={self.backend!r}"

@@ -34,13 +34,31 @@ from torch import Tensor, nn
 
 from .ops.compaction import _compress
 from .ops.compaction.layout import _compact_like
+from .routing.base import check_route_input
 
-__all__ = ["ema_final_state", "sma_init_state", "sma_prefill", "sma_step"]
+__all__ = ["check_left_padded", "ema_final_state", "sma_init_state", "sma_prefill", "sma_step"]
 
 
 def _streams(module: nn.Module) -> bool:
     """True when ``module`` implements the cache protocol (``init_cache`` and ``step``)."""
     return callable(getattr(module, "init_cache", None)) and callable(getattr(module, "step", None))
+
+
+def check_left_padded(mask, shape: tuple[int, int]) -> None:
+    """Raise a one-line error unless ``mask`` is a bool ``[B, L]`` (= ``shape``) of left padding.
+
+    Left padding: each row's real tokens (True) come last, with no hole among them, so the row
+    reads as its real tokens alone (an all-padding row is an empty prompt). Reads the mask on
+    the host: once per prompt, in prefill.
+    """
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = f"dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a bool Tensor [B, L] (True = real token), got {got}")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"mask must have shape [B, L] = {tuple(shape)}, got {tuple(mask.shape)}")
+    if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
+        raise ValueError("mask must be left padding (in each row the real tokens, True, come last with no hole "
+                         "among them); pad prompts of different lengths on the left")
 
 
 def _check_causal(layer) -> None:
@@ -129,15 +147,18 @@ def _pointwise(layer, name: str, module: nn.Module, x: Tensor, active: Tensor, p
     return module(x.unsqueeze(1), **kwargs).squeeze(1)
 
 
-def sma_prefill(layer, x: Tensor, route_on: Tensor | None = None, **extra: Tensor) -> tuple[Tensor, dict]:
+def sma_prefill(layer, x: Tensor, route_on: Tensor | None = None, mask: Tensor | None = None,
+                **extra: Tensor) -> tuple[Tensor, dict]:
     """The parallel forward over a prompt and the state after it (see :meth:`SparseModularActivation.prefill`)."""
     _check_causal(layer)
-    y = layer(x, route_on=route_on, **extra)
+    if mask is not None:
+        _check_prefill_mask(layer, x, mask)
+    y = layer(x, mask=mask, route_on=route_on, **extra)
     B, L = x.shape[:2]
     state = sma_init_state(layer, B, device=x.device)
     if L == 0:
         return y, state
-    ran = layer.stats.active  # [M, B, L]: routed and given a slot
+    ran = layer.stats.active  # [M, B, L]: routed and given a slot (never padding)
     for m, (name, module) in enumerate(layer.routed_modules.items()):
         if not _streams(module):
             continue
@@ -151,9 +172,21 @@ def sma_prefill(layer, x: Tensor, route_on: Tensor | None = None, **extra: Tenso
             _, cache = module.step(packed.values[:, j], packed.positions[:, j].clamp(min=0), cache,
                                    update=packed.mask[:, j], **{k: t[:, j] for k, t in more.items()})
         state["cache"][name] = cache
+    # with left padding the positions count the padding too: an offset shared by the row's
+    # cached and later tokens, which position differences (relative bias, rotary) do not see
     state["pos"] = torch.full((B,), L, dtype=torch.long, device=x.device)
     state["used"] = ran.sum(-1)
     return y, state
+
+
+def _check_prefill_mask(layer, x: Tensor, mask: Tensor) -> None:
+    check_route_input(x, mask, layer.dim, "x")
+    check_left_padded(mask, x.shape[:2])
+    try:
+        layer._slot_budget(None)
+    except ValueError:  # a capacity: ceil(c * L) slots of the padded length, not of the row's own
+        raise ValueError("mask cannot be used with a slot budget given as a capacity (a fraction of the padded "
+                         "length, not of each row's own); give it as compaction_slots / eval_slots") from None
 
 
 def ema_final_state(ema: nn.Module, x: Tensor) -> Tensor:

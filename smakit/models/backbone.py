@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 from .._utils import default, exists
 from ..routing.stats import RoutingStats, collect_routing_stats, summarize_routing
 from ..sma import aux_losses
+from ..streaming import check_left_padded
 
 POOLINGS = ("mean", "last", "max")
 
@@ -198,12 +200,29 @@ class SequenceModel(nn.Module):
             new.append(s)
         return self.head(self.final_norm(x)), new
 
-    def prefill(self, prompt: Tensor) -> tuple[Tensor, list]:
+    def prefill(self, prompt: Tensor, mask: Tensor | None = None) -> tuple[Tensor, list]:
         """The parallel forward over ``prompt`` (``[B, T]`` ids) and the decoding state after it.
+
+        Prompts of different lengths go in one batch padded on the left, with ``mask``: each
+        row then reads as its real tokens alone (every layer keeps padding out of its state,
+        its routing and its attention window), so its logits at the real tokens, and stepping
+        on from its state, equal :meth:`prefill` of the row alone. Positions count the padding
+        in some layers: an offset of the whole row, which the position differences that
+        attention reads (relative bias, rotary) do not see.
+
+        Args:
+            prompt (Tensor): ``[B, T]`` int64 ids (or ``[B, T, C]`` features).
+            mask (Tensor, optional): ``[B, T]`` bool, True = real token; only left padding
+                (each row's real tokens last, no hole), checked. Default: ``None`` (all real).
 
         Returns:
             ``(logits [B, T, vocab], state)``: the logits equal :meth:`forward` and the state
             equals stepping through the prompt with :meth:`step`, at the cost of one forward.
+            With ``mask``, the logits at padding are zeros.
+
+        Raises:
+            ValueError: ``mask`` is not left padding, or a layer cannot keep padding out (its
+                ``prefill`` takes no mask, or it has a state but no ``prefill``).
 
         Examples::
 
@@ -214,18 +233,34 @@ class SequenceModel(nn.Module):
             >>> nxt, state = lm.step(logits[:, -1].argmax(-1), state)
             >>> nxt.shape
             torch.Size([2, 50])
+            >>> mask = torch.tensor([[True] * 9, [False] * 4 + [True] * 5])
+            >>> logits, state = lm.prefill(torch.randint(0, 50, (2, 9)), mask)
+            >>> logits.shape
+            torch.Size([2, 9, 50])
         """
         self._check_decoding("prefill()")
-        self._check_inputs(prompt, None)
+        self._check_inputs(prompt, mask)
+        if exists(mask):
+            check_left_padded(mask, prompt.shape[:2])
         x = self.embed(prompt)
         state = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             if hasattr(layer, "prefill"):
-                x, s = layer.prefill(x)
+                if exists(mask) and not _takes_mask(layer.prefill):
+                    raise ValueError(f"mask cannot be used: layer {i} ({type(layer).__name__}) has a prefill() "
+                                     "without a mask argument, so it cannot keep padding out of its state")
+                x, s = layer.prefill(x) if mask is None else layer.prefill(x, mask=mask)
             else:  # stateless (a feed-forward block)
-                x, s = layer(x), layer.init_state(x.shape[0], x.device)
+                s = layer.init_state(x.shape[0], x.device)
+                if exists(mask) and s is not None:
+                    raise ValueError(f"mask cannot be used: layer {i} ({type(layer).__name__}) has a decoding "
+                                     "state but no prefill(x, mask), so it cannot keep padding out of it")
+                x = layer(x)
             state.append(s)
-        return self.head(self.final_norm(x)), state
+        logits = self.head(self.final_norm(x))
+        if exists(mask):
+            logits = logits.masked_fill(~mask.unsqueeze(-1), 0.0)  # padding: zeros, whatever the layers left
+        return logits, state
 
     def extra_repr(self) -> str:
         head = "lm=True" if self.lm else f"pooling={self.pooling!r}"
@@ -243,3 +278,12 @@ def _layer_routing_stats(layers: nn.ModuleList) -> dict[str, list]:
     if any(isinstance(getattr(layer, "routing_stats", None), RoutingStats) for layer in layers):
         return {"ratio": stats["ratio"], "span": [0.0 if s is None else s for s in stats["span"]]}
     return {key: value for key, value in stats.items() if key != "span"}
+
+
+def _takes_mask(fn) -> bool:
+    """Whether a layer's ``prefill`` accepts a ``mask`` argument."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "mask" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..sma import SparseModularActivation
+from ..streaming import check_left_padded
+
 
 def _check_generate_args(model: nn.Module, prompt: Tensor, max_new_tokens: int, temperature: float,
                          top_k: int | None) -> None:
@@ -35,6 +38,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Sample a continuation of ``prompt [B, T]`` from a language model.
 
@@ -51,9 +55,16 @@ def generate(
             Default: 1.0.
         top_k (int, optional): sample among the ``top_k`` most likely tokens. Default: ``None``.
         generator (torch.Generator, optional): random numbers for sampling.
+        mask (Tensor, optional): ``[B, T]`` bool, True = real token: prompts of different
+            lengths padded on the LEFT (each row's real tokens last, at least one). Each row
+            continues as if generated alone (the stepping path passes ``mask`` to
+            :meth:`~smakit.models.SequenceModel.prefill`; the re-run forward gets it too, and
+            routing by a share of the padded length, top-k or a capacity budget, is refused).
+            Default: ``None`` (all real).
 
     Returns:
-        Tensor ``[B, T + max_new_tokens]`` int64.
+        Tensor ``[B, T + max_new_tokens]`` int64: the prompt (padding included) and the new
+        tokens.
 
     Examples::
 
@@ -61,21 +72,46 @@ def generate(
         ...                 qk_dim=16).eval()
         >>> generate(model, torch.zeros(2, 3, dtype=torch.long), 5).shape
         torch.Size([2, 8])
+        >>> mask = torch.tensor([[True, True, True], [False, True, True]])  # lengths 3, 2
+        >>> generate(model, torch.zeros(2, 3, dtype=torch.long), 5, mask=mask).shape
+        torch.Size([2, 8])
     """
     _check_generate_args(model, prompt, max_new_tokens, temperature, top_k)
-    tokens = prompt
     stepping = getattr(model, "supports_step", False)
+    if mask is not None:
+        _check_generate_mask(model, prompt, mask, stepping)
+    tokens = prompt
     if stepping:
-        logits, state = model.prefill(prompt)
+        logits, state = model.prefill(prompt) if mask is None else model.prefill(prompt, mask)
         logits = logits[:, -1]
     for i in range(max_new_tokens):
         if not stepping:
-            logits = model(tokens)[:, -1]
+            logits = (model(tokens) if mask is None else model(tokens, mask))[:, -1]
         nxt = _sample(logits, temperature, top_k, generator)
         tokens = torch.cat((tokens, nxt.unsqueeze(1)), dim=1)
+        if mask is not None and not stepping:
+            mask = F.pad(mask, (0, 1), value=True)  # the new token is real
         if stepping and i + 1 < max_new_tokens:
             logits, state = model.step(nxt, state)
     return tokens
+
+
+def _check_generate_mask(model: nn.Module, prompt: Tensor, mask: Tensor, stepping: bool) -> None:
+    check_left_padded(mask, prompt.shape)
+    if not bool(mask[:, -1].all()):  # left padding: a row with a real token has its last one real
+        raise ValueError("mask must mark at least one real token in every row (each row's last entry True)")
+    if stepping:  # prefill checks the layers
+        return
+    for m in model.modules():  # the re-run forward: routing must not depend on the padded length
+        if isinstance(m, SparseModularActivation):
+            if not getattr(m.router, "causal", True):
+                raise ValueError(f"mask cannot be used: {type(m.router).__name__} is not causal here (it routes a "
+                                 "share of the whole padded row), so padding would change each row's routing")
+            try:
+                m._slot_budget(None)
+            except ValueError:
+                raise ValueError("mask cannot be used with a slot budget given as a capacity (a fraction of the "
+                                 "padded length); give it as compaction_slots / eval_slots") from None
 
 
 def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:

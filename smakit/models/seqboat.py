@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import default, exists
+from .._utils import default, exists, zero_padding
 from ..modules import CausalConv, LocalGatedAttention, MultiHeadEMA
 from ..routing.stats import RoutingStats
 from ..sma import sma
-from ..streaming import ema_final_state
+from ..streaming import check_left_padded, ema_final_state
 from .backbone import SequenceModel
 from .transformer import FeedForwardBlock, TransformerLayer
 
@@ -297,32 +297,63 @@ class SeqBoatLayer(nn.Module):
             out, new["pos"] = out + a, state["pos"] + 1
         return self._finish(out, x, h), new
 
-    def prefill(self, x: Tensor) -> tuple[Tensor, dict]:
+    def prefill(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, dict]:
         """The parallel forward over a prompt ``x [B, L, D]`` and the state after it.
 
         The EMA state comes from the whole sequence at once (:func:`smakit.streaming.ema_final_state`)
         and the attention cache from the last ``window`` routed tokens, at their original
         positions. Equals :meth:`forward` and the state after stepping through ``x``.
+
+        Args:
+            x (Tensor): ``[B, L, D]`` the prompt.
+            mask (Tensor, optional): ``[B, L]`` bool, True = real token; only left padding
+                (each row's real tokens last, checked): a batch of prompts of different
+                lengths. Each row's output at its real tokens, and stepping on from its state,
+                equal the row's real tokens alone: padding enters neither the EMA nor the
+                convolution's state (zeros, as before a fresh row), nor the router, nor the
+                attention window. The output at padding is finite and means nothing.
+                Default: ``None`` (all real).
+
+        Returns:
+            ``(y [B, L, D], state)``.
         """
         B, L = x.shape[:2]
         state = self.init_state(B, x.device)
+        if exists(mask):
+            check_left_padded(mask, (B, L))
         if B == 0 or L == 0:
-            return self.forward(x), state
-        self._real = _real_tokens(x, None)
-        u, h = self._state_input(x)
-        state["ema"] = ema_final_state(self.ema, u)  # the EMA read u (normed x + its conv)
+            return self.forward(x, mask), state
+        self._real = _real_tokens(x, mask)
+        u, h = self._state_input(x, mask)
+        state["ema"] = ema_final_state(self.ema, zero_padding(u, mask))  # the EMA read u (normed x + its conv)
         if exists(self.conv):  # the conv keeps the last k - 1 normed inputs; the norm is per token
-            tail = x[:, max(L - self.conv.kernel_size + 1, 0):]
-            state["conv"] = self.conv.final_state(self.norm(tail) if self.prenorm else tail)
+            start = max(L - self.conv.kernel_size + 1, 0)
+            tail = self.norm(x[:, start:]) if self.prenorm else x[:, start:]
+            state["conv"] = self.conv.final_state(zero_padding(tail, mask[:, start:] if exists(mask) else None))
         out = self.bypass(h)
         if self.mode == "sparse":
-            a, state["attn"] = self.attn.prefill(h, route_on=h)
+            a, state["attn"] = self.attn.prefill(h, route_on=h, mask=mask)
             out = out + a
         elif self.mode == "always":
-            out = out + self.attn(h)
-            state["attn"] = self.attn.prefill_cache(h)
-            state["pos"] = torch.full((B,), L, dtype=torch.long, device=x.device)
+            a, state["attn"], state["pos"] = self._prefill_always(h, mask)
+            out = out + a
         return self._finish(out, x, h), state
+
+    def _prefill_always(self, h: Tensor, mask: Tensor | None) -> tuple[Tensor, dict, Tensor]:
+        """``(attention output [B, L, D], cache, next position [B])`` of the always-on attention."""
+        B, L = h.shape[:2]
+        if not exists(mask):
+            return self.attn(h), self.attn.prefill_cache(h), torch.full((B,), L, dtype=torch.long, device=h.device)
+        # each row's real tokens moved first (left -> right padding): the slots and positions are then
+        # the row's own, so the window, the chunks of mega_chunk and the cache are those of the row alone
+        n = mask.sum(1)  # [B] real tokens per row
+        ar = torch.arange(L, device=h.device)
+        pad = (L - n).unsqueeze(1)  # [B, 1]
+        first = h.gather(1, ((ar + pad) % L).unsqueeze(-1).expand_as(h))
+        real_first = ar < n.unsqueeze(1)  # [B, L]
+        a = self.attn(first, mask=real_first)  # zeros at padding queries
+        a = a.gather(1, ((ar - pad) % L).unsqueeze(-1).expand_as(a))
+        return a, self.attn.prefill_cache(first, real_first), n
 
     def extra_repr(self) -> str:
         conv = f", short_conv={self.conv.kernel_size}" if exists(self.conv) else ""
