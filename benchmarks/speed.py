@@ -256,7 +256,8 @@ def main():
                "seconds": time.perf_counter() - t_start,
                "variants": {str(L): row for L, row in table.items()},
                "ratio_sweep": {str(L): row for L, row in sweep.items()}, "goals": goals}
-    name = "speed_quick" if args.quick else "speed"
+    # a run with the heap allocator is kept beside the default one, not in its place
+    name = ("speed_quick" if args.quick else "speed") + ("_heap" if args.malloc == "heap" else "")
     md = ["# Train-step speed (CPU, float32)\n",
           f"{info['device']}, torch {info['torch']}, commit {info['commit']}; load average (1/5/15 min) "
           f"{load_before} before, {load_after} after; B={B}, d 64, 2 bidirectional layers, q/k 32, value 128, "
