@@ -182,9 +182,15 @@ def sma_prefill(layer, x: Tensor, route_on: Tensor | None = None, mask: Tensor |
 def _check_prefill_mask(layer, x: Tensor, mask: Tensor) -> None:
     check_route_input(x, mask, layer.dim, "x")
     check_left_padded(mask, x.shape[:2])
+    refuse_capacity_with_padding(layer)
+
+
+def refuse_capacity_with_padding(layer) -> None:
+    """One-line error when ``layer`` (an ``sma`` layer) has a capacity budget: ``ceil(c * L)``
+    slots of the padded length, not of each left-padded row's own."""
     try:
         layer._slot_budget(None)
-    except ValueError:  # a capacity: ceil(c * L) slots of the padded length, not of the row's own
+    except ValueError:
         raise ValueError("mask cannot be used with a slot budget given as a capacity (a fraction of the padded "
                          "length, not of each row's own); give it as compaction_slots / eval_slots") from None
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..sma import SparseModularActivation
-from ..streaming import check_left_padded
+from ..streaming import check_left_padded, refuse_capacity_with_padding
 
 
 def _check_generate_args(model: nn.Module, prompt: Tensor, max_new_tokens: int, temperature: float,
@@ -107,11 +107,7 @@ def _check_generate_mask(model: nn.Module, prompt: Tensor, mask: Tensor, steppin
             if not getattr(m.router, "causal", True):
                 raise ValueError(f"mask cannot be used: {type(m.router).__name__} is not causal here (it routes a "
                                  "share of the whole padded row), so padding would change each row's routing")
-            try:
-                m._slot_budget(None)
-            except ValueError:
-                raise ValueError("mask cannot be used with a slot budget given as a capacity (a fraction of the "
-                                 "padded length); give it as compaction_slots / eval_slots") from None
+            refuse_capacity_with_padding(m)
 
 
 def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:
