@@ -1,8 +1,8 @@
 """SeqBoatLayer(short_conv=k): a depthwise convolution of the normed input before the EMA.
 
-Causal = no future leak, step == forward, prefill == forward + the stepped state, padding does
-not leak (with and without the update gate), ``None`` is the old layer, bad values are one-line
-errors, and the recipes use it (and the update gate)."""
+Causal = no future leak, step == forward, prefill == forward + the stepped state and padding does
+not leak (each with and without the update gate), ``None`` is the old layer, bad values are
+one-line errors, and the recipes use it (and the update gate)."""
 
 import pytest
 import torch
@@ -31,8 +31,9 @@ def test_forward_shape_and_the_conv_module(causal, k):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_causal_layer_does_not_read_the_future(mode):
-    lay = layer(mode)
+@pytest.mark.parametrize("update_gate", [False, True])
+def test_causal_layer_does_not_read_the_future(mode, update_gate):
+    lay = layer(mode, update_gate=update_gate)
     x = torch.randn(2, 13, D)
     t = 6
     x2 = x.clone()
@@ -58,9 +59,9 @@ def test_the_conv_reads_the_last_few_tokens():
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("k", [1, 4])
-def test_step_equals_forward(mode, k):
-    lay = layer(mode, k)
+@pytest.mark.parametrize("k, update_gate", [(1, False), (4, False), (None, True), (4, True)])
+def test_step_equals_forward(mode, k, update_gate):
+    lay = layer(mode, k, update_gate=update_gate)
     x = torch.randn(2, 17, D)
     with torch.no_grad():
         torch.testing.assert_close(stream(lay, x)[0], lay(x), rtol=1e-5, atol=1e-5)
@@ -68,8 +69,9 @@ def test_step_equals_forward(mode, k):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("L", [2, 9])  # shorter and longer than the conv's state
-def test_prefill_equals_forward_and_stepping_continues(mode, L):
-    lay = layer(mode, 4)
+@pytest.mark.parametrize("update_gate", [False, True])
+def test_prefill_equals_forward_and_stepping_continues(mode, L, update_gate):
+    lay = layer(mode, 4, update_gate=update_gate)
     x = torch.randn(2, L + 6, D)
     with torch.no_grad():
         y, state = lay.prefill(x[:, :L])
