@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from smakit import aux_losses
-from smakit.models import VARIANTS, SeqBoat, SeqBoatLayer, generate
+from smakit.models import VARIANTS, SeqBoat, SeqBoatLayer, Transformer, generate
+from smakit.modules import MLP
 
 
 def rel_err(a, b):
@@ -128,11 +129,14 @@ def seqboat(**kw):
         return SeqBoat(**kw)
 
 
+@pytest.mark.parametrize("ffn_activation", ["gelu", "swiglu"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_lm_variants_forward_and_decode(variant):
+def test_lm_variants_forward_and_decode(variant, ffn_activation):
     torch.manual_seed(4)
     model = seqboat(vocab_size=40, dim=16, depth=2, lm=True, variant=variant, window=4, qk_dim=8, ema_ndim=2,
-                    heads=2, ffn_hidden=24).eval()
+                    heads=2, ffn_hidden=24, ffn_activation=ffn_activation).eval()
+    mlps = [m for m in model.modules() if isinstance(m, MLP)]
+    assert len(mlps) == 2 and all(m.activation == ffn_activation and m.hidden == 24 for m in mlps)
     tokens = torch.randint(0, 40, (2, 19))
     with torch.no_grad():
         logits = model(tokens)
@@ -184,3 +188,7 @@ def test_model_argument_errors():
         SeqBoat(vocab_size=10, dim=8)
     with pytest.raises(ValueError):
         SeqBoat(vocab_size=10, dim=8, lm=True, variant="mamba")
+    with pytest.raises(ValueError, match="ffn_activation must be one of"):
+        SeqBoat(vocab_size=10, dim=8, lm=True, ffn_hidden=16, ffn_activation="relu")
+    with pytest.raises(ValueError, match="mlp_activation must be one of"):
+        Transformer(vocab_size=10, dim=8, lm=True, mlp_activation="relu")

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .._utils import default, exists, zero_padding
 from ..modules import CausalConv, LocalGatedAttention, MultiHeadEMA
+from ..modules.mlp import check_activation
 from ..routing.stats import RoutingStats
 from ..sma import sma
 from ..streaming import check_left_padded, ema_final_state
@@ -405,6 +406,8 @@ class SeqBoat(SequenceModel):
         attention (str): ``"softmax"`` or ``"relu2"``. Default: ``"softmax"``.
         ema_ndim (int): EMA state dimensions. Default: 16.
         ffn_hidden (int, optional): add a residual MLP after each SeqBoat layer. Default: ``None``.
+        ffn_activation (str): that MLP's ``"gelu"`` or ``"swiglu"`` (gated: ``1.5x`` the
+            parameters at the same ``ffn_hidden``). Default: ``"gelu"``.
         heads (int): heads of the (deprecated) transformer variant. Default: 4.
         pooling (str): ``"mean"``, ``"last"`` or ``"max"`` over real tokens. Default: ``"mean"``.
         dropout (float): dropout. Default: 0.0.
@@ -445,6 +448,7 @@ class SeqBoat(SequenceModel):
         attention: str = "softmax",
         ema_ndim: int = 16,
         ffn_hidden: int | None = None,
+        ffn_activation: str = "gelu",
         heads: int = 4,
         pooling: str = "mean",
         dropout: float = 0.0,
@@ -458,6 +462,7 @@ class SeqBoat(SequenceModel):
                           "smakit.models.Transformer (mlp_hidden= for ffn_hidden=), which has the same layers",
                           FutureWarning, stacklevel=2)
         causal = default(causal, lm)
+        check_activation(ffn_activation, "ffn_activation")
         targets = layer_kwargs.pop("density_target", None)
         if not isinstance(targets, (list, tuple)):
             targets = [targets] * depth
@@ -467,7 +472,7 @@ class SeqBoat(SequenceModel):
         def layers():  # made after the embedding (the initialisation order of seeded runs)
             for i in range(depth):
                 if variant == "transformer":
-                    yield TransformerLayer(dim, heads, causal, ffn_hidden, dropout)
+                    yield TransformerLayer(dim, heads, causal, ffn_hidden, dropout, ffn_activation)
                     continue
                 mode = {"seqboat": "sparse", "ema_only": "none"}.get(variant, "always")
                 chunked = variant == "mega_chunk"
@@ -476,7 +481,7 @@ class SeqBoat(SequenceModel):
                                    chunked=chunked, ema_ndim=ema_ndim, dropout=dropout,
                                    density_target=targets[i], **layer_kwargs)
                 if exists(ffn_hidden):
-                    yield FeedForwardBlock(dim, ffn_hidden, dropout=dropout)
+                    yield FeedForwardBlock(dim, ffn_hidden, ffn_activation, dropout=dropout)
 
         super().__init__(layers(), dim, vocab_size=vocab_size, input_dim=input_dim, n_classes=n_classes, lm=lm,
                          causal=causal, pooling=pooling, tie_embeddings=tie_embeddings)

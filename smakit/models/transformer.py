@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..modules import MLP, SelfAttention
+from ..modules.mlp import check_activation
 from ..routing.stats import RoutingStats
 from .backbone import SequenceModel
 
@@ -25,6 +26,7 @@ class TransformerLayer(nn.Module):
         causal (bool): causal attention. Default: ``True``.
         mlp_hidden (int, optional): MLP hidden size. Default: ``4 * dim``.
         dropout (float): dropout on the sub-layer outputs. Default: 0.0.
+        mlp_activation (str): ``"gelu"`` or ``"swiglu"`` (see :class:`~smakit.modules.MLP`). Default: ``"gelu"``.
 
     Shape:
         - x: ``[B, L, D]``; mask: ``[B, L]`` bool (True = real token)
@@ -38,12 +40,12 @@ class TransformerLayer(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int = 4, causal: bool = True, mlp_hidden: int | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, mlp_activation: str = "gelu"):
         super().__init__()
         self.dim, self.heads, self.causal = dim, heads, causal
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads, causal)
-        self.mlp = MLP(dim, mlp_hidden, dropout=dropout)
+        self.mlp = MLP(dim, mlp_hidden, activation=mlp_activation, dropout=dropout)
         self.drop = nn.Dropout(dropout)
         self._span: Tensor | None = None
         self._real: Tensor | None = None  # [B, L] real tokens of the last forward
@@ -147,6 +149,7 @@ class Transformer(SequenceModel):
         pooling (str): ``"mean"``, ``"last"`` or ``"max"`` over real tokens. Default: ``"mean"``.
         dropout (float): dropout on the sub-layer outputs. Default: 0.0.
         tie_embeddings (bool): share the LM head with the token embedding. Default: ``False``.
+        mlp_activation (str): ``"gelu"`` or ``"swiglu"``. Default: ``"gelu"``.
 
     Shape:
         - inputs: ``[B, L]`` int64 or ``[B, L, C]`` float; mask: ``[B, L]`` bool
@@ -162,9 +165,10 @@ class Transformer(SequenceModel):
     def __init__(self, vocab_size: int | None = None, input_dim: int | None = None, dim: int = 128, depth: int = 4,
                  n_classes: int | None = None, lm: bool = False, heads: int = 4, causal: bool | None = None,
                  mlp_hidden: int | None = None, pooling: str = "mean", dropout: float = 0.0,
-                 tie_embeddings: bool = False):
+                 tie_embeddings: bool = False, mlp_activation: str = "gelu"):
         causal = lm if causal is None else causal
-        layers = (TransformerLayer(dim, heads, causal, mlp_hidden, dropout) for _ in range(depth))
+        check_activation(mlp_activation, "mlp_activation")
+        layers = (TransformerLayer(dim, heads, causal, mlp_hidden, dropout, mlp_activation) for _ in range(depth))
         super().__init__(layers, dim, vocab_size=vocab_size, input_dim=input_dim, n_classes=n_classes, lm=lm,
                          causal=causal, pooling=pooling, tie_embeddings=tie_embeddings)
         self.depth, self.heads = depth, heads

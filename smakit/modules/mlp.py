@@ -10,6 +10,12 @@ from .._utils import default
 ACTIVATIONS = ("gelu", "swiglu")
 
 
+def check_activation(activation, name: str = "activation") -> None:
+    """One-line error naming the caller's argument when ``activation`` is not in :data:`ACTIVATIONS`."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{name} must be one of {ACTIVATIONS}, got {activation!r}")
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward network, GELU or SwiGLU.
 
@@ -41,8 +47,7 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int | None = None, out_dim: int | None = None,
                  activation: str = "gelu", dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        check_activation(activation)
         self.dim, self.activation = dim, activation
         self.hidden = default(hidden, 4 * dim if activation == "gelu" else 8 * dim // 3)
         self.out_dim = default(out_dim, dim)
