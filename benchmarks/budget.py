@@ -31,16 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = "../shared/data/shakespeare"
 BAND = 0.05
 
-def _run(recipe, mechanism, target=None, extra=(), probe=None, steps=None, conv=False, gate=False):
+def _run(recipe, mechanism, target=None, extra=(), probe=None, steps=None, conv=False, gate=False, ffn=False):
     """One training run: ``probe`` (see ``budget_probes.py``) patches the model; ``steps``
     replaces ``--steps``; ``conv`` keeps the char-LM recipe's short convolution (the runs
-    without it are the layer as it was before it); ``gate``: the layer has an update gate."""
+    without it are the layer as it was before it); ``gate``: the layer has an update gate;
+    ``ffn``: the char-LM recipe's SwiGLU feed-forward block (else GELU, hidden 128, as before)."""
     return {"recipe": recipe, "mechanism": mechanism, "target": target, "extra": list(extra), "probe": probe,
-            "steps": steps, "conv": conv, "gate": gate}
+            "steps": steps, "conv": conv, "gate": gate, "ffn": ffn}
 
 
 CHARLM, LISTOPS = "seqboat-charlm", "seqboat-listops"
 RECIPE_GATE = {CHARLM: True, LISTOPS: False}  # update_gate as each recipe sets it
+OLD_FFN = ["--model.ffn_activation", "gelu", "--model.ffn_hidden", "128"]  # char-LM's cpu preset before SwiGLU
 RUNS = {
     "charlm-free": _run(CHARLM, "free"),
     "charlm-free-seed1": _run(CHARLM, "free", extra=["--train.seed", "1"]),
@@ -99,6 +101,30 @@ RUNS = {
     "charlm-ug-ctl-0.1-1000": _run(CHARLM, "controller", 0.1, steps=1000, conv=True, gate=True),
     "charlm-ug-ctl-0.25-1000": _run(CHARLM, "controller", 0.25, steps=1000, conv=True, gate=True),
     "charlm-ug-ctl-0.5-1000": _run(CHARLM, "controller", 0.5, steps=1000, conv=True, gate=True),
+    # the recipe as it is: SwiGLU feed-forward blocks of hidden 256 (cpu preset)
+    "charlm-sw-free": _run(CHARLM, "free", conv=True, gate=True, ffn=True),
+    "charlm-sw-free-seed1": _run(CHARLM, "free", extra=["--train.seed", "1"], conv=True, gate=True, ffn=True),
+    "charlm-sw-ctl-0.1": _run(CHARLM, "controller", 0.1, conv=True, gate=True, ffn=True),
+    "charlm-sw-ctl-0.25": _run(CHARLM, "controller", 0.25, conv=True, gate=True, ffn=True),
+    "charlm-sw-ctl-0.5": _run(CHARLM, "controller", 0.5, conv=True, gate=True, ffn=True),
+    "charlm-sw-ctl-0.1-seed1": _run(CHARLM, "controller", 0.1, ["--train.seed", "1"], conv=True, gate=True,
+                                    ffn=True),
+    "charlm-sw-ctl-0.25-seed1": _run(CHARLM, "controller", 0.25, ["--train.seed", "1"], conv=True, gate=True,
+                                     ffn=True),
+    "charlm-sw-ctl-0.5-seed1": _run(CHARLM, "controller", 0.5, ["--train.seed", "1"], conv=True, gate=True,
+                                    ffn=True),
+    "charlm-sw-ema-only": _run(CHARLM, "ema_only", extra=["--model.variant", "ema_only"], conv=True, gate=True,
+                               ffn=True),
+    "charlm-sw-free-window1": _run(CHARLM, "free", extra=["--model.window", "1"], conv=True, gate=True, ffn=True),
+    # the same size with GELU: is it the gate or the width?
+    "charlm-ug-free-ffn256": _run(CHARLM, "free", extra=["--model.ffn_hidden", "256"], conv=True, gate=True),
+    "charlm-ug-ctl-0.1-ffn256": _run(CHARLM, "controller", 0.1, ["--model.ffn_hidden", "256"], conv=True,
+                                     gate=True),
+    "charlm-ug-ema-only-ffn256": _run(CHARLM, "ema_only", extra=["--model.variant", "ema_only",
+                                                                 "--model.ffn_hidden", "256"], conv=True, gate=True),
+    "charlm-sw-free-1000": _run(CHARLM, "free", steps=1000, conv=True, gate=True, ffn=True),
+    "charlm-sw-ctl-0.1-1000": _run(CHARLM, "controller", 0.1, steps=1000, conv=True, gate=True, ffn=True),
+    "charlm-sw-ctl-0.25-1000": _run(CHARLM, "controller", 0.25, steps=1000, conv=True, gate=True, ffn=True),
     "listops-free": _run(LISTOPS, "free"),
     "listops-ctl-0.1": _run(LISTOPS, "controller", 0.1),
     "listops-ctl-0.25": _run(LISTOPS, "controller", 0.25),
@@ -113,7 +139,9 @@ def free_run(name: str) -> str:
     that seed has a free run)."""
     spec = RUNS[name]
     if spec["recipe"] == CHARLM:
-        base = "charlm-" + ("ug-" if spec["gate"] else "sc-" if spec["conv"] else "") + "free"
+        base = "charlm-" + ("sw-" if spec["ffn"] else "ug-" if spec["gate"] else "sc-" if spec["conv"] else "") + "free"
+        if not spec["ffn"] and "--model.ffn_hidden" in spec["extra"]:  # the GELU width probe
+            base += "-ffn256"
     else:
         base = "listops-gate-free" if spec["gate"] else "listops-free"
     extra = spec["extra"]
@@ -134,6 +162,8 @@ def command(name: str, steps: int, out: Path) -> list[str]:
 
     if spec["gate"] != RECIPE_GATE[spec["recipe"]]:
         cmd += ["--model.update_gate", str(spec["gate"]).lower()]
+    if spec["recipe"] == CHARLM and not spec["ffn"]:  # before any later --model.ffn_hidden in extra
+        cmd[cmd.index("--no-progress") + 1:cmd.index("--no-progress") + 1] = OLD_FFN
     if spec["target"] is not None:
         cmd += ["--model.density_target", str(spec["target"]), "--model.density_mode", spec["mechanism"]]
     elif spec["mechanism"] == "free":  # seqboat-listops has a default budget
@@ -161,7 +191,8 @@ def options(name: str) -> str:
     extra = " ".join(a for a in spec["extra"] if a != "--model.variant" and a != "ema_only")
     conv = spec["recipe"] == CHARLM and not spec["conv"] and "short_conv none"
     gate = spec["gate"] != RECIPE_GATE[spec["recipe"]] and f"update_gate {str(spec['gate']).lower()}"
-    return " ".join(x for x in (conv, gate, extra, spec["probe"] and f"probe {spec['probe']}") if x) or "-"
+    ffn = spec["recipe"] == CHARLM and not spec["ffn"] and "gelu ffn"
+    return " ".join(x for x in (conv, gate, ffn, extra, spec["probe"] and f"probe {spec['probe']}") if x) or "-"
 
 
 def row(name: str, summary: dict, free: dict | None, steps: int) -> list:

@@ -43,6 +43,9 @@ def test_rows_compare_with_the_free_run_of_the_same_task_and_length():
     assert budget.free_run("charlm-ug-ctl-0.25-seed1") == "charlm-ug-free-seed1"  # the same seed
     assert budget.free_run("charlm-ug-free-seed1") == "charlm-ug-free-seed1"
     assert budget.free_run("listops-gate-ctl-0.25") == "listops-gate-free"
+    assert budget.free_run("charlm-sw-ctl-0.1-seed1") == "charlm-sw-free-seed1"  # SwiGLU against itself
+    assert budget.free_run("charlm-sw-ctl-0.25-1000") == "charlm-sw-free-1000"
+    assert budget.free_run("charlm-ug-ctl-0.1-ffn256") == "charlm-ug-free-ffn256"  # the GELU width probe
     assert all(budget.free_run(n) in budget.RUNS for n in budget.RUNS)
     summary = {"test": {"bpc": 2.9, "activation": [0.24, 0.31]}, "minutes": 1.0}
     free = {"test": {"bpc": 2.8, "activation": [1.0, 1.0]}, "minutes": 1.0}
@@ -68,6 +71,19 @@ def test_char_lm_runs_without_the_short_conv_unset_it(tmp_path):
     plain, conv = budget.command("charlm-ctl-0.25", 400, tmp_path), budget.command("charlm-sc-ctl-0.25", 400, tmp_path)
     assert "--model.short_conv none" in " ".join(plain)
     assert "short_conv" not in " ".join(conv)
+
+
+def _model_table(name, tmp_path):
+    cmd = budget.command(name, 400, tmp_path)
+    args, extra = build_parser().parse_known_args(cmd[cmd.index("train"):])
+    return load_recipe(args.recipe, args.preset, parse_overrides(extra)).model
+
+
+@pytest.mark.parametrize("name, ffn", [("charlm-ug-ctl-0.25", ("gelu", 128)), ("charlm-sw-ctl-0.25", ("swiglu", 256)),
+                                       ("charlm-ug-ctl-0.1-ffn256", ("gelu", 256))])
+def test_char_lm_runs_keep_the_feed_forward_block_they_were_run_with(name, ffn, tmp_path):
+    model = _model_table(name, tmp_path)
+    assert (model["ffn_activation"], model["ffn_hidden"]) == ffn
 
 
 def test_runs_not_rerun_keep_their_result_and_commit():

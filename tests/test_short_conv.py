@@ -4,13 +4,15 @@ Causal = no future leak, step == forward, prefill == forward + the stepped state
 not leak (each with and without the update gate), ``None`` is the old layer, bad values are
 one-line errors, and the recipes use it (and the update gate)."""
 
+import warnings
+
 import pytest
 import torch
 from streaming_helpers import assert_same_state, stream
 
 from smakit.data import DatasetInfo
 from smakit.models import SeqBoat, SeqBoatLayer
-from smakit.modules import CausalConv
+from smakit.modules import MLP, CausalConv
 
 D = 16
 MODES = ["sparse", "always", "none"]
@@ -168,3 +170,18 @@ def test_charlm_recipes_use_a_short_conv_of_4_and_the_update_gate(recipe):
     assert [(m.conv.kernel_size, m.update is not None) for m in layers({})] == [(4, True)] * 2
     assert all(m.conv is None and m.update is not None for m in layers({"model.short_conv": "none"}))
     assert all(m.conv.kernel_size == 4 and m.update is None for m in layers({"model.update_gate": False}))
+
+
+@pytest.mark.parametrize("recipe", ["seqboat-charlm", "seqboat-full-charlm", "mega-chunk-charlm", "ema-only-charlm",
+                                    "transformer-charlm"])
+def test_charlm_recipes_use_swiglu_feed_forward_blocks(recipe):
+    from smakit.train import load_recipe
+    from smakit.train.build import build_model
+
+    info = DatasetInfo("x", "lm", 30, 64, vocab_size=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformer-charlm builds the deprecated variant
+        model = build_model(info, load_recipe(recipe, "cpu", {}).model)
+        gelu = build_model(info, load_recipe(recipe, "cpu", {"model.ffn_activation": "gelu"}).model)
+    assert [(m.activation, m.hidden) for m in model.modules() if isinstance(m, MLP)] == [("swiglu", 256)] * 2
+    assert [m.activation for m in gelu.modules() if isinstance(m, MLP)] == ["gelu"] * 2

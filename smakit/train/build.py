@@ -55,13 +55,14 @@ def build_model(info: DatasetInfo, model_cfg: dict) -> nn.Module:
 def transformer_baseline(io: dict, seqboat_cfg: dict) -> nn.Module:
     """:class:`smakit.models.Transformer` from a SeqBoat ``[model]`` table with
     ``variant = "transformer"``: the keys it shares (``dim``, ``depth``, ``heads``, ``causal``,
-    ``pooling``, ``dropout``, ``tie_embeddings``; ``ffn_hidden`` as ``mlp_hidden``) and none
+    ``pooling``, ``dropout``, ``tie_embeddings``; ``ffn_hidden`` and ``ffn_activation`` as
+    ``mlp_hidden`` and ``mlp_activation``) and none
     of SeqBoat's own (``window``, ``qk_dim``, ...), exactly what ``SeqBoat(variant="transformer")``
     used."""
     from ..models import Transformer
 
-    shared = set(inspect.signature(Transformer).parameters) - {"mlp_hidden"}
+    renamed = {"ffn_hidden": "mlp_hidden", "ffn_activation": "mlp_activation"}
+    shared = set(inspect.signature(Transformer).parameters) - set(renamed.values())
     opts = {k: v for k, v in seqboat_cfg.items() if k in shared}
-    if seqboat_cfg.get("ffn_hidden") is not None:
-        opts["mlp_hidden"] = seqboat_cfg["ffn_hidden"]
+    opts |= {new: seqboat_cfg[old] for old, new in renamed.items() if seqboat_cfg.get(old) is not None}
     return Transformer(**io, **opts)
