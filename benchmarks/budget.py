@@ -42,6 +42,7 @@ def _run(recipe, mechanism, target=None, extra=(), probe=None, steps=None, conv=
 
 CHARLM, LISTOPS = "seqboat-charlm", "seqboat-listops"
 RECIPE_GATE = {CHARLM: True, LISTOPS: False}  # update_gate as each recipe sets it
+NO_BIAS = ["--model.relative_bias", "false"]
 OLD_FFN = ["--model.ffn_activation", "gelu", "--model.ffn_hidden", "128"]  # char-LM's cpu preset before SwiGLU
 RUNS = {
     "charlm-free": _run(CHARLM, "free"),
@@ -125,6 +126,16 @@ RUNS = {
     "charlm-sw-free-1000": _run(CHARLM, "free", steps=1000, conv=True, gate=True, ffn=True),
     "charlm-sw-ctl-0.1-1000": _run(CHARLM, "controller", 0.1, steps=1000, conv=True, gate=True, ffn=True),
     "charlm-sw-ctl-0.25-1000": _run(CHARLM, "controller", 0.25, steps=1000, conv=True, gate=True, ffn=True),
+    # rotary alone, without the relative bias (its per-pair lookup is most of the sparse step's overhead)
+    "charlm-sw-free-nobias": _run(CHARLM, "free", extra=NO_BIAS, conv=True, gate=True, ffn=True),
+    "charlm-sw-ctl-0.1-nobias": _run(CHARLM, "controller", 0.1, NO_BIAS, conv=True, gate=True, ffn=True),
+    "charlm-sw-ctl-0.25-nobias": _run(CHARLM, "controller", 0.25, NO_BIAS, conv=True, gate=True, ffn=True),
+    "listops-free-nobias": _run(LISTOPS, "free", extra=NO_BIAS),
+    "listops-ctl-0.25-nobias": _run(LISTOPS, "controller", 0.25, NO_BIAS),
+    "listops-free-seed1": _run(LISTOPS, "free", extra=["--train.seed", "1"]),
+    "listops-ctl-0.25-seed1": _run(LISTOPS, "controller", 0.25, ["--train.seed", "1"]),
+    "listops-free-nobias-seed1": _run(LISTOPS, "free", extra=[*NO_BIAS, "--train.seed", "1"]),
+    "listops-ctl-0.25-nobias-seed1": _run(LISTOPS, "controller", 0.25, [*NO_BIAS, "--train.seed", "1"]),
     "listops-free": _run(LISTOPS, "free"),
     "listops-ctl-0.1": _run(LISTOPS, "controller", 0.1),
     "listops-ctl-0.25": _run(LISTOPS, "controller", 0.25),
@@ -145,6 +156,8 @@ def free_run(name: str) -> str:
     else:
         base = "listops-gate-free" if spec["gate"] else "listops-free"
     extra = spec["extra"]
+    if "--model.relative_bias" in extra:  # rotary alone against itself
+        base += "-nobias"
     seed = extra[extra.index("--train.seed") + 1] if "--train.seed" in extra else None
     if seed is not None and f"{base}-seed{seed}" in RUNS:
         return f"{base}-seed{seed}"
@@ -162,6 +175,8 @@ def command(name: str, steps: int, out: Path) -> list[str]:
 
     if spec["gate"] != RECIPE_GATE[spec["recipe"]]:
         cmd += ["--model.update_gate", str(spec["gate"]).lower()]
+    if spec["recipe"] == LISTOPS and "--model.relative_bias" not in spec["extra"]:
+        cmd += ["--model.relative_bias", "true"]  # run before the recipe dropped the bias ("-nobias": as it is)
     if spec["recipe"] == CHARLM and not spec["ffn"]:  # before any later --model.ffn_hidden in extra
         cmd[cmd.index("--no-progress") + 1:cmd.index("--no-progress") + 1] = OLD_FFN
     if spec["target"] is not None:
@@ -192,7 +207,8 @@ def options(name: str) -> str:
     conv = spec["recipe"] == CHARLM and not spec["conv"] and "short_conv none"
     gate = spec["gate"] != RECIPE_GATE[spec["recipe"]] and f"update_gate {str(spec['gate']).lower()}"
     ffn = spec["recipe"] == CHARLM and not spec["ffn"] and "gelu ffn"
-    return " ".join(x for x in (conv, gate, ffn, extra, spec["probe"] and f"probe {spec['probe']}") if x) or "-"
+    bias = spec["recipe"] == LISTOPS and "--model.relative_bias" not in spec["extra"] and "relative_bias true"
+    return " ".join(x for x in (conv, gate, ffn, bias, extra, spec["probe"] and f"probe {spec['probe']}") if x) or "-"
 
 
 def row(name: str, summary: dict, free: dict | None, steps: int) -> list:

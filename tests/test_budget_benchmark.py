@@ -109,3 +109,9 @@ def test_random_router_probe_replaces_the_scores_the_router_uses(monkeypatch):
     noisy = router(x).logits
     assert noisy.shape == plain.shape and not torch.allclose(noisy, plain)
     assert noisy.std().item() == pytest.approx(3.0, rel=0.2)  # the probe's noise, not the projection
+
+
+@pytest.mark.parametrize("name, bias", [("listops-ctl-0.25", True), ("listops-ctl-0.25-nobias", False),
+                                        ("charlm-sw-ctl-0.25", True), ("charlm-sw-ctl-0.25-nobias", False)])
+def test_runs_keep_the_relative_bias_they_were_run_with(name, bias, tmp_path):
+    assert _model_table(name, tmp_path).get("relative_bias", True) is bias
