@@ -126,7 +126,7 @@ RUNS = {
     "charlm-sw-free-1000": _run(CHARLM, "free", steps=1000, conv=True, gate=True, ffn=True),
     "charlm-sw-ctl-0.1-1000": _run(CHARLM, "controller", 0.1, steps=1000, conv=True, gate=True, ffn=True),
     "charlm-sw-ctl-0.25-1000": _run(CHARLM, "controller", 0.25, steps=1000, conv=True, gate=True, ffn=True),
-    # rotary alone, without the relative bias (its per-pair lookup is most of the sparse step's overhead)
+    # rotary alone, without the relative bias (its per-pair lookup is the sparse step's largest overhead)
     "charlm-sw-free-nobias": _run(CHARLM, "free", extra=NO_BIAS, conv=True, gate=True, ffn=True),
     "charlm-sw-ctl-0.1-nobias": _run(CHARLM, "controller", 0.1, NO_BIAS, conv=True, gate=True, ffn=True),
     "charlm-sw-ctl-0.25-nobias": _run(CHARLM, "controller", 0.25, NO_BIAS, conv=True, gate=True, ffn=True),
@@ -175,8 +175,6 @@ def command(name: str, steps: int, out: Path) -> list[str]:
 
     if spec["gate"] != RECIPE_GATE[spec["recipe"]]:
         cmd += ["--model.update_gate", str(spec["gate"]).lower()]
-    if spec["recipe"] == LISTOPS and "--model.relative_bias" not in spec["extra"]:
-        cmd += ["--model.relative_bias", "true"]  # run before the recipe dropped the bias ("-nobias": as it is)
     if spec["recipe"] == CHARLM and not spec["ffn"]:  # before any later --model.ffn_hidden in extra
         cmd[cmd.index("--no-progress") + 1:cmd.index("--no-progress") + 1] = OLD_FFN
     if spec["target"] is not None:
@@ -207,8 +205,7 @@ def options(name: str) -> str:
     conv = spec["recipe"] == CHARLM and not spec["conv"] and "short_conv none"
     gate = spec["gate"] != RECIPE_GATE[spec["recipe"]] and f"update_gate {str(spec['gate']).lower()}"
     ffn = spec["recipe"] == CHARLM and not spec["ffn"] and "gelu ffn"
-    bias = spec["recipe"] == LISTOPS and "--model.relative_bias" not in spec["extra"] and "relative_bias true"
-    return " ".join(x for x in (conv, gate, ffn, bias, extra, spec["probe"] and f"probe {spec['probe']}") if x) or "-"
+    return " ".join(x for x in (conv, gate, ffn, extra, spec["probe"] and f"probe {spec['probe']}") if x) or "-"
 
 
 def row(name: str, summary: dict, free: dict | None, steps: int) -> list:
