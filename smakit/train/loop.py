@@ -218,6 +218,11 @@ class Trainer:
             save_checkpoint(state, self.out / BEST)
         self.saved_step = self.step
 
+    def close(self, clean: bool = True) -> None:
+        """Leave the process group this trainer started under ``torchrun`` (no-op otherwise);
+        call it last, on every rank. ``clean=False`` after an error: no barrier first."""
+        dist.teardown(self.ctx, clean)
+
     def load(self, path) -> None:
         """Load a checkpoint's weights, optimiser, schedule and step (same model config)."""
         self._resume(load_checkpoint(path, map_location=self.device))
