@@ -33,6 +33,7 @@ def test_torchrun_two_processes_train_evaluate_and_checkpoint(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("test accuracy") == 1  # printed by rank 0 only
+    assert done.stdout.count("step 3 val") == 1
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]  # one writer
     train = [r for r in records if r["kind"] == "train"]
