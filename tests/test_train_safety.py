@@ -54,6 +54,16 @@ def test_divergence_stops_without_saving_and_logs_null(tmp_path, cache):
     assert not (tmp_path / "r" / LOCK).exists()
 
 
+def test_non_finite_weights_stop_every_rank_not_only_the_writer(tmp_path, cache):
+    trainer = Trainer(tiny(), tmp_path / "r", progress=False)
+    trainer.ctx.rank = 1  # a rank that writes no checkpoint must stop as rank 0 does
+    with torch.no_grad():
+        next(trainer.model.parameters())[0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="weights are not finite"):
+        trainer.save()
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
 def test_best_checkpoint_follows_the_validation_metric(tmp_path, cache):
     trainer = Trainer(tiny(**{"train.max_steps": 5, "train.eval_every": 1}), tmp_path / "r", progress=False)
     trainer.train()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ class DistContext:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # setup() started the process group, so teardown() ends it
 
     @property
     def is_main(self) -> bool:
@@ -36,9 +38,25 @@ def setup(device: str | None = None) -> DistContext:
     dev = parse_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world > 1 and not tdist.is_initialized():
+    owns = world > 1 and not tdist.is_initialized()
+    if owns:
         tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return DistContext(rank, world, local, dev)
+    return DistContext(rank, world, local, dev, owns)
+
+
+def teardown(ctx: DistContext, clean: bool = True) -> None:
+    """End the process group :func:`setup` started (a group the caller made is left alone).
+
+    ``clean``: every rank finished, so a barrier first: no rank leaves while rank 0 still
+    writes its files, and the group ends with no collective in flight. ``False`` (after an
+    error, which other ranks may not share): no barrier, which could wait for a rank that
+    never comes; just destroy.
+    """
+    if not (ctx.owns_group and tdist.is_initialized()):
+        return
+    if clean:
+        tdist.barrier()
+    tdist.destroy_process_group()
 
 
 def parse_device(device: str) -> torch.device:
@@ -75,8 +93,29 @@ def maybe_no_sync(model: nn.Module, sync: bool):
 
 def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.enabled:
-        tdist.all_reduce(t)
+        _all_reduce(t)
     return t
+
+
+def _all_reduce(t: torch.Tensor, patience_s: float = 10.0) -> None:
+    """``all_reduce(t)`` (sum, in place) that, under gloo, returns only once gloo has let go of ``t``.
+
+    Why: gloo's worker thread drops its reference to ``t`` (the finished work) just *after*
+    the result is ready, and dropping a tensor Python knows needs the GIL. When this is a
+    rank's last collective (rank 1 after the test evaluation, while rank 0 writes plots),
+    the main thread may already be finalising the interpreter: the worker is then killed
+    inside a C++ destructor ("terminate called without an active exception", SIGABRT), or
+    the main thread joins it while holding the GIL (a hang). Waiting here, GIL released,
+    until the count is back closes that window (usually no wait, else 0.1 ms sleeps).
+    (NCCL keeps its works until its watchdog polls; it is not waited for.)
+    """
+    held = t._use_count()
+    tdist.all_reduce(t)
+    if tdist.get_backend() != "gloo":
+        return
+    deadline = time.monotonic() + patience_s
+    while t._use_count() > held and time.monotonic() < deadline:
+        time.sleep(1e-4)  # releases the GIL, which the worker needs to drop its reference
 
 
 def any_rank(flags: list[bool], ctx: DistContext) -> list[bool]:
@@ -84,5 +123,5 @@ def any_rank(flags: list[bool], ctx: DistContext) -> list[bool]:
     if not ctx.enabled:
         return list(flags)
     t = torch.tensor([float(f) for f in flags], device=ctx.device)
-    tdist.all_reduce(t)
+    _all_reduce(t)
     return [bool(v > 0) for v in t.tolist()]

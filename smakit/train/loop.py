@@ -207,16 +207,22 @@ class Trainer:
                 "recipe": self.recipe.as_dict(), "info": self.info.__dict__}
 
     def save(self, best: bool = False) -> None:
-        """``checkpoint.pt`` (and ``best.pt``), only from finite weights."""
-        if not self.ctx.is_main:
-            return
+        """``checkpoint.pt`` (and ``best.pt``, rank 0 writes), only from finite weights."""
+        # checked on every rank (DDP keeps the weights identical), so all ranks stop together
+        # instead of rank 0 alone leaving the others in their next collective
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise TrainingDiverged(self._diverged_text("the weights are not finite"))
-        state = self.state()
-        save_checkpoint(state, self.out / CHECKPOINT)
-        if best:
-            save_checkpoint(state, self.out / BEST)
+        if self.ctx.is_main:
+            state = self.state()
+            save_checkpoint(state, self.out / CHECKPOINT)
+            if best:
+                save_checkpoint(state, self.out / BEST)
         self.saved_step = self.step
+
+    def close(self, clean: bool = True) -> None:
+        """Leave the process group this trainer started under ``torchrun`` (no-op otherwise);
+        call it last, on every rank. ``clean=False`` after an error: no barrier first."""
+        dist.teardown(self.ctx, clean)
 
     def load(self, path) -> None:
         """Load a checkpoint's weights, optimiser, schedule and step (same model config)."""
@@ -363,7 +369,7 @@ class Trainer:
         self.model.train()
         while self.step < last:
             if cfg.max_minutes and time.time() - start > cfg.max_minutes * 60:
-                bar.write(f"time limit of {cfg.max_minutes} min reached at step {self.step}")
+                self._say(bar, f"time limit of {cfg.max_minutes} min reached at step {self.step}")
                 break
             stats = self._optimizer_step(batches, log)
             tokens += stats.pop("tokens")
@@ -393,7 +399,7 @@ class Trainer:
     def _evaluate_and_save(self, log, bar) -> None:
         metrics = self.evaluate("val")
         self._write(log, {"kind": "eval", "step": self.step, **metrics})
-        bar.write(self._describe(metrics))
+        self._say(bar, self._describe(metrics))
         if not math.isfinite(metrics["loss"]):
             raise TrainingDiverged(self._diverged_text(f"validation loss is {metrics['loss']}"))
         key, sign = ("loss", -1) if self.info.task == "lm" else ("accuracy", 1)
@@ -401,6 +407,10 @@ class Trainer:
         if better:
             self.best = {"metric": f"val {key}", "value": metrics[key], "step": self.step}
         self.save(best=better)
+
+    def _say(self, bar, text: str) -> None:
+        if self.ctx.is_main:  # tqdm's write prints even with the bar disabled, on every rank
+            bar.write(text)
 
     def _diverged_text(self, what: str) -> str:
         kept = (f"{self.out / CHECKPOINT} keeps step {self.saved_step}" if self.saved_step is not None

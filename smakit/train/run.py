@@ -22,8 +22,16 @@ def run(recipe: Recipe, out_dir, device: str | None = None, progress: bool = Tru
     """Train ``recipe`` into ``out_dir`` (resuming if a checkpoint is there), evaluate on the
     test split, write ``summary.json`` and the plots; returns the summary."""
     trainer = Trainer(recipe, out_dir, device=device, progress=progress)
-    with trainer.claim():
-        return _train_and_report(trainer, trainer.out)
+    done = False
+    try:
+        with trainer.claim():
+            summary = _train_and_report(trainer, trainer.out)
+        done = True
+    finally:
+        # done: every rank meets rank 0 (its plots and summary written) before the group ends;
+        # an error: the other ranks may be anywhere, so no barrier
+        trainer.close(clean=done)
+    return summary
 
 
 def _train_and_report(trainer: Trainer, out: Path) -> dict:
