@@ -41,6 +41,13 @@ def _run(recipe, mechanism, target=None, extra=(), probe=None, steps=None, conv=
 
 
 CHARLM, LISTOPS = "seqboat-charlm", "seqboat-listops"
+
+
+def _charlm(mechanism, target=None, extra=(), steps=None):
+    """A char-LM run of the recipe as it is: short convolution, update gate, SwiGLU blocks."""
+    return _run(CHARLM, mechanism, target, extra, steps=steps, conv=True, gate=True, ffn=True)
+
+
 RECIPE_GATE = {CHARLM: True, LISTOPS: False}  # update_gate as each recipe sets it
 NO_BIAS = ["--model.relative_bias", "false"]
 OLD_FFN = ["--model.ffn_activation", "gelu", "--model.ffn_hidden", "128"]  # char-LM's cpu preset before SwiGLU
@@ -103,33 +110,29 @@ RUNS = {
     "charlm-ug-ctl-0.25-1000": _run(CHARLM, "controller", 0.25, steps=1000, conv=True, gate=True),
     "charlm-ug-ctl-0.5-1000": _run(CHARLM, "controller", 0.5, steps=1000, conv=True, gate=True),
     # the recipe as it is: SwiGLU feed-forward blocks of hidden 256 (cpu preset)
-    "charlm-sw-free": _run(CHARLM, "free", conv=True, gate=True, ffn=True),
-    "charlm-sw-free-seed1": _run(CHARLM, "free", extra=["--train.seed", "1"], conv=True, gate=True, ffn=True),
-    "charlm-sw-ctl-0.1": _run(CHARLM, "controller", 0.1, conv=True, gate=True, ffn=True),
-    "charlm-sw-ctl-0.25": _run(CHARLM, "controller", 0.25, conv=True, gate=True, ffn=True),
-    "charlm-sw-ctl-0.5": _run(CHARLM, "controller", 0.5, conv=True, gate=True, ffn=True),
-    "charlm-sw-ctl-0.1-seed1": _run(CHARLM, "controller", 0.1, ["--train.seed", "1"], conv=True, gate=True,
-                                    ffn=True),
-    "charlm-sw-ctl-0.25-seed1": _run(CHARLM, "controller", 0.25, ["--train.seed", "1"], conv=True, gate=True,
-                                     ffn=True),
-    "charlm-sw-ctl-0.5-seed1": _run(CHARLM, "controller", 0.5, ["--train.seed", "1"], conv=True, gate=True,
-                                    ffn=True),
-    "charlm-sw-ema-only": _run(CHARLM, "ema_only", extra=["--model.variant", "ema_only"], conv=True, gate=True,
-                               ffn=True),
-    "charlm-sw-free-window1": _run(CHARLM, "free", extra=["--model.window", "1"], conv=True, gate=True, ffn=True),
+    "charlm-sw-free": _charlm("free"),
+    "charlm-sw-free-seed1": _charlm("free", extra=["--train.seed", "1"]),
+    "charlm-sw-ctl-0.1": _charlm("controller", 0.1),
+    "charlm-sw-ctl-0.25": _charlm("controller", 0.25),
+    "charlm-sw-ctl-0.5": _charlm("controller", 0.5),
+    "charlm-sw-ctl-0.1-seed1": _charlm("controller", 0.1, ["--train.seed", "1"]),
+    "charlm-sw-ctl-0.25-seed1": _charlm("controller", 0.25, ["--train.seed", "1"]),
+    "charlm-sw-ctl-0.5-seed1": _charlm("controller", 0.5, ["--train.seed", "1"]),
+    "charlm-sw-ema-only": _charlm("ema_only", extra=["--model.variant", "ema_only"]),
+    "charlm-sw-free-window1": _charlm("free", extra=["--model.window", "1"]),
     # the same size with GELU: is it the gate or the width?
     "charlm-ug-free-ffn256": _run(CHARLM, "free", extra=["--model.ffn_hidden", "256"], conv=True, gate=True),
     "charlm-ug-ctl-0.1-ffn256": _run(CHARLM, "controller", 0.1, ["--model.ffn_hidden", "256"], conv=True,
                                      gate=True),
     "charlm-ug-ema-only-ffn256": _run(CHARLM, "ema_only", extra=["--model.variant", "ema_only",
                                                                  "--model.ffn_hidden", "256"], conv=True, gate=True),
-    "charlm-sw-free-1000": _run(CHARLM, "free", steps=1000, conv=True, gate=True, ffn=True),
-    "charlm-sw-ctl-0.1-1000": _run(CHARLM, "controller", 0.1, steps=1000, conv=True, gate=True, ffn=True),
-    "charlm-sw-ctl-0.25-1000": _run(CHARLM, "controller", 0.25, steps=1000, conv=True, gate=True, ffn=True),
+    "charlm-sw-free-1000": _charlm("free", steps=1000),
+    "charlm-sw-ctl-0.1-1000": _charlm("controller", 0.1, steps=1000),
+    "charlm-sw-ctl-0.25-1000": _charlm("controller", 0.25, steps=1000),
     # rotary alone, without the relative bias (its per-pair lookup is the sparse step's largest overhead)
-    "charlm-sw-free-nobias": _run(CHARLM, "free", extra=NO_BIAS, conv=True, gate=True, ffn=True),
-    "charlm-sw-ctl-0.1-nobias": _run(CHARLM, "controller", 0.1, NO_BIAS, conv=True, gate=True, ffn=True),
-    "charlm-sw-ctl-0.25-nobias": _run(CHARLM, "controller", 0.25, NO_BIAS, conv=True, gate=True, ffn=True),
+    "charlm-sw-free-nobias": _charlm("free", extra=NO_BIAS),
+    "charlm-sw-ctl-0.1-nobias": _charlm("controller", 0.1, NO_BIAS),
+    "charlm-sw-ctl-0.25-nobias": _charlm("controller", 0.25, NO_BIAS),
     "listops-free-nobias": _run(LISTOPS, "free", extra=NO_BIAS),
     "listops-ctl-0.25-nobias": _run(LISTOPS, "controller", 0.25, NO_BIAS),
     "listops-free-seed1": _run(LISTOPS, "free", extra=["--train.seed", "1"]),
