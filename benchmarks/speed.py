@@ -6,8 +6,9 @@ prints whether each goal of issue 10 holds.
 
 Shapes: the ListOps CPU preset's model (d 64, 2 bidirectional layers, q/k 32, value 128,
 rotary embedding and relative bias at the original positions; ``--rotary-only`` drops the
-bias) with window 128, batch 32, token input, padding (row
-lengths uniform in ``[L/2, L]``), a classification loss; one step = zero_grad + forward + loss + backward (no optimizer).
+bias) with window 128, batch 32, token input, padding (row lengths uniform in
+``[L/2, L]``), a classification loss; one step = zero_grad + forward + loss + backward
+(no optimizer).
 
 * Variants (``SeqBoat``: free router at init; ``SeqBoat-full``; ``Mega-chunk``; ``EMA-only``;
   ``Transformer``: full attention + MLP, 4 heads) are timed interleaved, round-robin, one

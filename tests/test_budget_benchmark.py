@@ -18,15 +18,19 @@ from smakit.train import load_recipe, parse_overrides  # noqa: E402
 from smakit.train.validate import check_model_table  # noqa: E402
 
 
+def _parse(name, out):
+    """``(cmd, args, overrides, recipe)`` of a run's command, read as `smakit train` reads it."""
+    cmd = budget.command(name, 400, out)
+    args, extra = build_parser().parse_known_args(cmd[cmd.index("train"):])
+    overrides = parse_overrides(extra)
+    return cmd, args, overrides, load_recipe(args.recipe, args.preset, overrides)
+
+
 @pytest.mark.parametrize("name", list(budget.RUNS))
 def test_every_run_is_a_valid_command(name, tmp_path):
-    cmd = budget.command(name, 400, tmp_path / name)
-    i = cmd.index("train")
-    assert cmd[i + 1] == budget.RUNS[name]["recipe"]
-    args, extra = build_parser().parse_known_args(cmd[i:])  # as `smakit train` reads it
+    cmd, args, overrides, recipe = _parse(name, tmp_path / name)
+    assert cmd[cmd.index("train") + 1] == budget.RUNS[name]["recipe"]
     assert args.out == str(tmp_path / name)
-    overrides = parse_overrides(extra)
-    recipe = load_recipe(args.recipe, args.preset, overrides)
     check_model_table(recipe.model)
     assert overrides["max_steps"] == (budget.RUNS[name]["steps"] or 400)
     if budget.RUNS[name]["probe"]:
@@ -74,9 +78,7 @@ def test_char_lm_runs_without_the_short_conv_unset_it(tmp_path):
 
 
 def _model_table(name, tmp_path):
-    cmd = budget.command(name, 400, tmp_path)
-    args, extra = build_parser().parse_known_args(cmd[cmd.index("train"):])
-    return load_recipe(args.recipe, args.preset, parse_overrides(extra)).model
+    return _parse(name, tmp_path)[3].model
 
 
 @pytest.mark.parametrize("name, ffn", [("charlm-ug-ctl-0.25", ("gelu", 128)), ("charlm-sw-ctl-0.25", ("swiglu", 256)),
