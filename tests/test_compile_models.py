@@ -42,8 +42,9 @@ def test_seqboat_compiles_with_inductor_dynamic_shapes_and_matches_eager():
     assert_compiled_matches_eager(model, compiled, [(2, 37), (3, 21)])
 
 
-def test_seqboat_traces_as_one_graph_when_data_dependent_shapes_are_captured():
-    model = tiny_seqboat()
+@pytest.mark.parametrize("relative_bias", [True, "fourier"])
+def test_seqboat_traces_as_one_graph_when_data_dependent_shapes_are_captured(relative_bias):
+    model = tiny_seqboat(relative_bias=relative_bias)
     with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
         assert torch._dynamo.explain(model)(torch.randint(0, 20, (2, 37))).graph_break_count == 0
         compiled = torch.compile(model, backend="aot_eager", dynamic=True, fullgraph=True)

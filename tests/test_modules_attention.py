@@ -9,16 +9,36 @@ from hypothesis import strategies as st
 
 from smakit import sma
 from smakit.modules import LocalGatedAttention, local_attention
-from smakit.modules.position import relative_bucket
+from smakit.modules.position import apply_rotary, relative_bucket
+
+BIASES = ["buckets", "fourier", False]
+
+
+def project_reference(gau, x, positions):
+    """``u, v, q, k`` from the weights as the docstring writes them (no bias features)."""
+    E, S = gau.value_dim, gau.qk_dim
+    u, v, z = torch.nn.functional.silu(gau.proj(x)).split([E, E, S], dim=-1)
+    q, k = (z * gau.qk_scale[i] + gau.qk_offset[i] for i in (0, 1))
+    if gau.inv_freq is not None:
+        q, k = apply_rotary(q, positions, gau.inv_freq), apply_rotary(k, positions, gau.inv_freq)
+    return u, v, q, k
+
+
+def make_gau(*args, relative_bias="buckets", **kwargs):
+    """A GAU whose bias is not zero (the Fourier amplitudes start at zero)."""
+    gau = LocalGatedAttention(*args, relative_bias=relative_bias, **kwargs)
+    if gau.bias is not None:
+        torch.nn.init.normal_(gau.bias.weight, 0.0, 0.5)
+    return gau
 
 
 def dense_reference(gau, x, mask, positions):
-    """O(K^2) attention with the exact window written as a full mask."""
+    """O(K^2) attention with the exact window written as a full mask and the bias read per pair."""
     B, K, _ = x.shape
-    u, v, q, k = gau._project(x, positions)
+    u, v, q, k = project_reference(gau, x, positions)
     s = q @ k.transpose(1, 2) / math.sqrt(gau.qk_dim)
     if gau.bias is not None:
-        s = s + gau.bias(positions[:, :, None] - positions[:, None, :])
+        s = s + gau.bias(positions[:, :, None] - positions[:, None, :]).to(s.dtype)
     i = torch.arange(K)
     d = i[None, :] - i[:, None]  # key slot - query slot
     if gau.chunked:
@@ -43,9 +63,10 @@ CASES = [(c, a, ch) for c in (True, False) for a in ("softmax", "relu2") for ch 
 @pytest.mark.parametrize("causal,attention,chunked", CASES,
                          ids=[f"causal{c}-{a}-chunked{ch}" for c, a, ch in CASES])
 @pytest.mark.parametrize("K,window", [(1, 4), (13, 4), (16, 4), (9, 16)], ids=lambda v: str(v))
-def test_matches_dense_reference(causal, attention, chunked, K, window):
+@pytest.mark.parametrize("bias", BIASES)
+def test_matches_dense_reference(causal, attention, chunked, K, window, bias):
     torch.manual_seed(K * window)
-    gau = LocalGatedAttention(12, window, 8, causal=causal, attention=attention, chunked=chunked).double()
+    gau = make_gau(12, window, 8, causal=causal, attention=attention, chunked=chunked, relative_bias=bias).double()
     x = torch.randn(3, K, 12, dtype=torch.float64)
     counts = torch.tensor([K, max(K - 3, 0), 1])
     mask = torch.arange(K) < counts[:, None]
@@ -106,9 +127,10 @@ def test_span_statistic():
 
 @pytest.mark.parametrize("attention", ["softmax", "relu2"])
 @pytest.mark.parametrize("chunked", [False, True])
-def test_step_with_skips_equals_forward_on_routed_tokens(attention, chunked):
+@pytest.mark.parametrize("bias", BIASES)
+def test_step_with_skips_equals_forward_on_routed_tokens(attention, chunked, bias):
     torch.manual_seed(3)
-    gau = LocalGatedAttention(10, 4, 6, attention=attention, chunked=chunked).double()
+    gau = make_gau(10, 4, 6, attention=attention, chunked=chunked, relative_bias=bias).double()
     L = 23
     x = torch.randn(2, L, 10, dtype=torch.float64)
     active = torch.rand(2, L) < 0.6
@@ -151,13 +173,16 @@ def test_bad_arguments():
         LocalGatedAttention(8, 0, 4)
     with pytest.raises(RuntimeError):
         LocalGatedAttention(8, 4, 4, causal=False).init_cache(1)
+    with pytest.raises(ValueError, match="relative_bias must be"):
+        LocalGatedAttention(8, 4, 4, relative_bias="alibi")
 
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("attention", ["softmax", "relu2"])
-def test_gradients_match_dense_reference(causal, attention):
+@pytest.mark.parametrize("bias", BIASES)
+def test_gradients_match_dense_reference(causal, attention, bias):
     torch.manual_seed(7)
-    gau = LocalGatedAttention(8, 3, 4, causal=causal, attention=attention).double()
+    gau = make_gau(8, 3, 4, causal=causal, attention=attention, relative_bias=bias).double()
     mask = torch.arange(10) < torch.tensor([[10], [7]])
     positions = torch.where(mask, torch.arange(10) * 2, -1)
     x = (torch.randn(2, 10, 8, dtype=torch.float64) * mask[..., None]).requires_grad_(True)

@@ -1,6 +1,7 @@
 """Fast paths vs their plain references, forward and every gradient, on odd sizes.
 
 * the relative bias read from its bucket table vs bucketing each distance directly,
+* the Fourier bias as a product of per-token features vs its series per distance,
 * ``local_attention`` (one dense block for short inputs, banded blocks for long ones, the
   mask folded into the bias) vs the dense masked ``O(K^2)`` reference,
 * the one-FFT bidirectional EMA convolution vs two causal FFT convolutions,
@@ -9,13 +10,15 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import smakit.modules._blockwise as blockwise_module
 import smakit.modules.attention as attention_module
 from smakit.modules import MultiHeadEMA, fft_causal_conv, local_attention
 from smakit.modules.attention import _blocking, _local_attention_ref
 from smakit.modules.ema import fft_two_sided_conv
-from smakit.modules.position import RelativePositionBias, relative_bias_ref, relative_bucket
+from smakit.modules.position import FourierRelativeBias, RelativePositionBias, relative_bias_ref, relative_bucket
 from smakit.routing import ThresholdRouter
 
 
@@ -47,6 +50,35 @@ def test_relative_bias_table_matches_direct_bucketing(bidirectional, num_buckets
     w = torch.randn(distance.shape)
     assert_same(lambda: bias(distance), lambda: relative_bias_ref(bias.weight, distance, max_distance, bidirectional),
                 [bias.weight], w, rtol=1e-6, atol=1e-6)
+
+
+@given(positions=st.lists(st.integers(0, 200_000), min_size=1, max_size=12),
+       num_frequencies=st.integers(1, 9), max_distance=st.integers(1, 5000))
+@settings(max_examples=40, deadline=None)
+def test_fourier_bias_features_multiply_to_the_series(positions, num_frequencies, max_distance):
+    torch.manual_seed(num_frequencies)
+    bias = FourierRelativeBias(num_frequencies, max_distance)
+    torch.nn.init.normal_(bias.weight)
+    p = torch.tensor(positions)
+    w = torch.randn(len(p), len(p))
+    angle = (p[:, None] - p[None, :]).double().unsqueeze(-1) * bias.freq.double()  # [n, n, M]
+
+    def series():  # sum_m a_m cos(w_m d) + b_m sin(w_m d), in float64
+        a, b = bias.weight.double()
+        return (angle.cos() * a + angle.sin() * b).sum(-1).float()
+
+    # float32 features at positions up to 2e5 (their angles in float64) against the series
+    assert_same(lambda: bias.query_features(p) @ bias.key_features(p).T, series, [bias.weight], w,
+                rtol=1e-4, atol=1e-4)
+    assert_same(lambda: bias(p[:, None] - p[None, :]), series, [bias.weight], w, rtol=1e-5, atol=1e-5)
+
+
+def test_fourier_bias_starts_at_zero_and_spans_the_distances():
+    bias = FourierRelativeBias(8, 1024)
+    assert (bias(torch.arange(-50, 50)) == 0).all() and bias.dim == 16
+    assert bias.freq[0] == pytest.approx(torch.pi / 2) and bias.freq[-1] == pytest.approx(torch.pi / 2048)
+    with pytest.raises(ValueError, match="num_frequencies"):
+        FourierRelativeBias(0)
 
 
 def test_masked_lookup_reads_fill_and_gives_it_no_gradient():

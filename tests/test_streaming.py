@@ -109,10 +109,15 @@ def test_ema_final_state_equals_recurrence():
     torch.testing.assert_close(ema_final_state(ema, x), state, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode, chunked", [("sparse", False), ("always", False), ("always", True), ("none", False)])
-def test_seqboat_layer_prefill_state_equals_stepping(mode, chunked):
+@pytest.mark.parametrize("mode, chunked, bias", [("sparse", False, True), ("always", False, True),
+                                                ("always", True, True), ("none", False, True),
+                                                ("sparse", False, "fourier")])
+def test_seqboat_layer_prefill_state_equals_stepping(mode, chunked, bias):
     torch.manual_seed(0)
-    layer = SeqBoatLayer(D, causal=True, window=4, qk_dim=8, ema_ndim=4, mode=mode, chunked=chunked).eval()
+    layer = SeqBoatLayer(D, causal=True, window=4, qk_dim=8, ema_ndim=4, mode=mode, chunked=chunked,
+                         relative_bias=bias).eval()
+    if bias == "fourier":  # amplitudes start at zero
+        torch.nn.init.normal_(layer.gau.bias.weight)
     x = torch.randn(2, 21, D)
     with torch.no_grad():
         y, state = layer.prefill(x)

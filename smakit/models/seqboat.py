@@ -63,7 +63,9 @@ class SeqBoatLayer(nn.Module):
         dropout (float): dropout on the EMA output and the mixed output. Default: 0.0.
         attn_dropout (float): dropout on attention weights. Default: 0.0.
         rotary (bool): rotary embedding at original positions. Default: ``True``.
-        relative_bias (bool): learned relative bias by original distance. Default: ``True``.
+        relative_bias (bool or str): learned bias of the original distance: ``"buckets"`` (or
+            ``True``) a table read per pair, ``"fourier"`` extra query/key features (per token),
+            ``False`` none (see :class:`~smakit.modules.LocalGatedAttention`). Default: ``True``.
         max_distance (int): distance the relative bias resolves. Default: 1024.
         temperature_scale (float): router temperature init, ``scale * sqrt(D)``. Default: 1.0.
         straight_through (bool): straight-through gate in the router. Default: ``False``.
@@ -127,7 +129,7 @@ class SeqBoatLayer(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         rotary: bool = True,
-        relative_bias: bool = True,
+        relative_bias: bool | str = True,
         max_distance: int = 1024,
         temperature_scale: float = 1.0,
         straight_through: bool = False,

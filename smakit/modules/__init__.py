@@ -5,11 +5,12 @@ from .attention import LocalGatedAttention, local_attention
 from .conv import CausalConv
 from .ema import MultiHeadEMA, fft_causal_conv
 from .mlp import MLP
-from .position import RelativePositionBias, apply_rotary, relative_bucket, rotary_frequencies
+from .position import FourierRelativeBias, RelativePositionBias, apply_rotary, relative_bucket, rotary_frequencies
 from .self_attention import SelfAttention
 
 __all__ = [
     "CausalConv",
+    "FourierRelativeBias",
     "LocalGatedAttention",
     "MLP",
     "MultiHeadEMA",

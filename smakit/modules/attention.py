@@ -20,9 +20,10 @@ from torch.fx.experimental.symbolic_shapes import guard_or_false, guard_or_true
 
 from .._utils import default, exists
 from ._blockwise import BlockwiseAttention
-from .position import RelativePositionBias, _rotary_cos_sin, _rotate, rotary_frequencies
+from .position import FourierRelativeBias, RelativePositionBias, _rotary_cos_sin, _rotate, rotary_frequencies
 
 ATTENTIONS = ("softmax", "relu2")
+RELATIVE_BIASES = (None, "buckets", "fourier")
 MAX_TABLE_POSITION = 2**20  # larger positions take the vectorised path, which clamps distances
 
 
@@ -281,8 +282,10 @@ class LocalGatedAttention(nn.Module):
     From ``x [B, K, D]``: an output gate ``u = silu(x W_u)``, values ``v = silu(x W_v)`` and a
     shared ``z = silu(x W_z)`` giving ``q = z * g_q + b_q`` and ``k = z * g_k + b_k``
     (per-branch scale and offset). Queries and keys get rotary embeddings at their original
-    positions and the scores a learned relative bias of the log-bucketed original distance
-    (see :class:`~smakit.modules.position.RelativePositionBias`). The output is
+    positions and the scores a learned bias of the original distance: a log-bucketed table
+    (:class:`~smakit.modules.position.RelativePositionBias`, read per query-key pair) or a
+    short Fourier series (:class:`~smakit.modules.position.FourierRelativeBias`, extra
+    query/key features, paid per token). The output is
     ``(u * attend(q, k, v)) W_o``.
 
     Works on its own (slots = positions) or behind :func:`smakit.sma`, which passes the
@@ -299,9 +302,16 @@ class LocalGatedAttention(nn.Module):
         chunked (bool): attend within fixed blocks of ``window`` slots (Mega-chunk) instead
             of a sliding window. Default: ``False``.
         rotary (bool): rotary embedding at original positions. Default: ``True``.
-        relative_bias (bool): learned relative position bias. Default: ``True``.
-        num_buckets (int): buckets of the relative bias. Default: 32.
-        max_distance (int): largest distance the buckets resolve. Default: 1024.
+        relative_bias (bool or str): learned bias of the original distance: ``"buckets"`` (or
+            ``True``) a log-bucketed table read per pair
+            (:class:`~smakit.modules.position.RelativePositionBias`); ``"fourier"`` a short
+            Fourier series carried by ``2 * num_frequencies`` extra query/key features, paid per
+            token (:class:`~smakit.modules.position.FourierRelativeBias`); ``False`` none.
+            Default: ``True``.
+        num_buckets (int): buckets of the ``"buckets"`` bias. Default: 32.
+        max_distance (int): largest distance the buckets resolve (``"fourier"``: a quarter of
+            the longest period). Default: 1024.
+        num_frequencies (int): frequencies of the ``"fourier"`` bias. Default: 8.
         dropout (float): dropout on the attention weights. Default: 0.0.
 
     Attributes:
@@ -334,9 +344,10 @@ class LocalGatedAttention(nn.Module):
         attention: str = "softmax",
         chunked: bool = False,
         rotary: bool = True,
-        relative_bias: bool = True,
+        relative_bias: bool | str = True,
         num_buckets: int = 32,
         max_distance: int = 1024,
+        num_frequencies: int = 8,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -346,6 +357,9 @@ class LocalGatedAttention(nn.Module):
             raise ValueError(f"window must be >= 1, got {window}")
         if rotary and qk_dim % 2:
             raise ValueError(f"rotary needs an even qk_dim, got {qk_dim}")
+        kind = {True: "buckets", False: None, None: None}.get(relative_bias, relative_bias)
+        if kind not in RELATIVE_BIASES:
+            raise ValueError(f"relative_bias must be True, False or one of {RELATIVE_BIASES[1:]}, got {relative_bias!r}")
         self.dim, self.window, self.qk_dim = dim, window, qk_dim
         self.value_dim = default(value_dim, 2 * dim)
         self.causal, self.attention, self.chunked = causal, attention, chunked
@@ -354,7 +368,15 @@ class LocalGatedAttention(nn.Module):
         self.qk_scale = nn.Parameter(torch.empty(2, qk_dim))
         self.qk_offset = nn.Parameter(torch.empty(2, qk_dim))
         self.out = nn.Linear(self.value_dim, dim)
-        self.bias = RelativePositionBias(num_buckets, max_distance, not causal) if relative_bias else None
+        if kind == "buckets":
+            self.bias = RelativePositionBias(num_buckets, max_distance, not causal)
+        elif kind == "fourier":
+            self.bias = FourierRelativeBias(num_frequencies, max_distance)
+        else:
+            self.bias = None
+        self.relative_bias = kind
+        # queries and keys carry the Fourier bias's features after the qk_dim content features
+        self.key_dim = qk_dim + (self.bias.dim if kind == "fourier" else 0)
         self.register_buffer("inv_freq", rotary_frequencies(qk_dim) if rotary else None, persistent=False)
         self.span: Tensor | None = None
         self.reset_parameters()
@@ -380,11 +402,17 @@ class LocalGatedAttention(nn.Module):
         W, b = self.proj.weight, self.proj.bias
         E, S = self.value_dim, self.qk_dim
         u, v, z = (F.silu(F.linear(x, W[i:j], b[i:j])) for i, j in ((0, E), (E, 2 * E), (2 * E, 2 * E + S)))
-        q = z * self.qk_scale[0] + self.qk_offset[0]
+        # scores are divided by sqrt(key_dim): the content part is rescaled to 1/sqrt(qk_dim)
+        content = math.sqrt(self.key_dim / S)
+        q = z * (self.qk_scale[0] * content) + self.qk_offset[0] * content
         k = z * self.qk_scale[1] + self.qk_offset[1]
         if exists(self.inv_freq):
             cos, sin = _rotary_cos_sin(positions, self.inv_freq, q.dtype)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if self.relative_bias == "fourier":  # <q_feat(p_q), k_feat(p_k)> = bias(p_q - p_k), unscaled
+            qf = self.bias.query_features(positions).to(q.dtype) * math.sqrt(self.key_dim)
+            q = torch.cat((q, qf.expand(*q.shape[:-1], -1)), dim=-1)
+            k = torch.cat((k, self.bias.key_features(positions).to(k.dtype).expand(*k.shape[:-1], -1)), dim=-1)
         return u, v, q, k
 
     def forward(self, x: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
@@ -392,7 +420,7 @@ class LocalGatedAttention(nn.Module):
         # without positions the slots are the positions: rotary and the bias are then shared by all rows
         u, v, q, k = self._project(x, default(positions, torch.arange(K, device=x.device)))
         o, span = local_attention(q, k, v, self.window, causal=self.causal, mask=mask, positions=positions,
-                                  bias=self.bias, attention=self.attention, chunked=self.chunked,
+                                  bias=self.bias if self.relative_bias == "buckets" else None, attention=self.attention, chunked=self.chunked,
                                   dropout=self.dropout, training=self.training)
         real = span > 0 if mask is None else mask
         self.span = (span * real).sum() / real.sum().clamp(min=1)
@@ -407,7 +435,7 @@ class LocalGatedAttention(nn.Module):
         dtype = default(dtype, self.proj.weight.dtype)
         B, w = batch_size, self.window
         return {
-            "k": torch.zeros(B, w, self.qk_dim, device=device, dtype=dtype),
+            "k": torch.zeros(B, w, self.key_dim, device=device, dtype=dtype),
             "v": torch.zeros(B, w, self.value_dim, device=device, dtype=dtype),
             "pos": torch.full((B, w), -1, dtype=torch.long, device=device),
             "slot": torch.full((B, w), -1, dtype=torch.long, device=device),
@@ -478,8 +506,8 @@ class LocalGatedAttention(nn.Module):
         valid = nxt["valid"]
         if self.chunked:
             valid = valid & (nxt["slot"] // self.window == (slot // self.window).unsqueeze(1))
-        scores = torch.einsum("bs,bjs->bj", q, nxt["k"]) / math.sqrt(self.qk_dim)
-        if exists(self.bias):
+        scores = torch.einsum("bs,bjs->bj", q, nxt["k"]) / math.sqrt(self.key_dim)
+        if self.relative_bias == "buckets":
             scores = scores + self.bias(position.unsqueeze(1) - nxt["pos"]).to(scores.dtype)
         if self.attention == "softmax":
             weights = scores.masked_fill(~valid, torch.finfo(scores.dtype).min).softmax(-1) * valid
@@ -490,4 +518,5 @@ class LocalGatedAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, window={self.window}, qk_dim={self.qk_dim}, value_dim={self.value_dim}, "
-                f"causal={self.causal}, attention={self.attention!r}, chunked={self.chunked}")
+                f"causal={self.causal}, attention={self.attention!r}, chunked={self.chunked}, "
+                f"relative_bias={self.relative_bias!r}")

@@ -146,3 +146,75 @@ class RelativePositionBias(nn.Module):
 def relative_bias_ref(weight: Tensor, distance: Tensor, max_distance: int, bidirectional: bool) -> Tensor:
     """Reference for :class:`RelativePositionBias`: bucket each distance directly and index."""
     return weight[relative_bucket(distance, weight.shape[0], max_distance, bidirectional)]
+
+
+class FourierRelativeBias(nn.Module):
+    """Learned bias of the original-position distance as a short Fourier series, paid per token.
+
+    ``bias(d) = sum_m a_m cos(w_m d) + b_m sin(w_m d)`` over ``M`` fixed frequencies ``w_m``,
+    geometric from ``pi / 2`` down to ``pi / (2 * max_distance)``. The sum factorises into
+    features of each position, ``bias(p_q - p_k) = <query_features(p_q), key_features(p_k)>``,
+    so appending ``2M`` features to queries and keys puts the bias into the score product:
+    no per-pair gather, and no scatter into a table in backward (the per-pair bucket table of
+    :class:`RelativePositionBias` costs more than the attention it biases on a compacted CPU
+    step). :meth:`forward` evaluates the series per distance (the reference, and decoding).
+
+    Args:
+        num_frequencies (int): ``M``. Default: 8.
+        max_distance (int): the longest period is ``4 * max_distance``. Default: 1024.
+
+    Shape:
+        - positions: ``[...]`` integer; features: ``[..., 2M]``
+        - distance: any shape; output: the same shape, float
+
+    Examples::
+
+        >>> bias = FourierRelativeBias(4, 128)
+        >>> _ = nn.init.normal_(bias.weight)
+        >>> p = torch.tensor([[0, 3, 9]])
+        >>> q, k = bias.query_features(p), bias.key_features(p)      # [1, 3, 8] each
+        >>> pairwise = q @ k.transpose(-1, -2)                       # [1, 3, 3]
+        >>> torch.allclose(pairwise, bias(p[..., None] - p[..., None, :]), atol=1e-5)
+        True
+    """
+
+    def __init__(self, num_frequencies: int = 8, max_distance: int = 1024):
+        super().__init__()
+        if num_frequencies < 1 or max_distance < 1:
+            raise ValueError(f"num_frequencies and max_distance must be >= 1, got {num_frequencies}, {max_distance}")
+        self.num_frequencies, self.max_distance = num_frequencies, max_distance
+        self.weight = nn.Parameter(torch.empty(2, num_frequencies))  # cosine and sine amplitudes
+        steps = torch.arange(num_frequencies, dtype=torch.float32) / max(num_frequencies - 1, 1)
+        self.register_buffer("freq", (math.pi / 2) * float(max_distance) ** -steps, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)  # starts as no bias, as rotary alone
+
+    @property
+    def dim(self) -> int:
+        """Features per position, ``2M``."""
+        return 2 * self.num_frequencies
+
+    def _angles(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        # float64 angles: w p reaches ~1e5 rad on long sequences, where float32 is off by ~1e-2
+        angle = positions.unsqueeze(-1).to(torch.float64) * self.freq.to(torch.float64)  # [..., M]
+        return angle.cos().to(self.weight.dtype), angle.sin().to(self.weight.dtype)
+
+    def key_features(self, positions: Tensor) -> Tensor:
+        """``[..., 2M]``: ``(cos w p, sin w p)``."""
+        return torch.cat(self._angles(positions), dim=-1)
+
+    def query_features(self, positions: Tensor) -> Tensor:
+        """``[..., 2M]``: ``(a cos w p + b sin w p, a sin w p - b cos w p)``, whose product with the
+        key features of ``p_k`` is ``a cos(w (p - p_k)) + b sin(w (p - p_k))``."""
+        cos, sin = self._angles(positions)
+        a, b = self.weight
+        return torch.cat((a * cos + b * sin, a * sin - b * cos), dim=-1)
+
+    def forward(self, distance: Tensor) -> Tensor:
+        cos, sin = self._angles(distance)
+        return (cos * self.weight[0] + sin * self.weight[1]).sum(-1)
+
+    def extra_repr(self) -> str:
+        return f"num_frequencies={self.num_frequencies}, max_distance={self.max_distance}"
