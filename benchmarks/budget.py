@@ -31,13 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = "../shared/data/shakespeare"
 BAND = 0.05
 
-def _run(recipe, mechanism, target=None, extra=(), probe=None, steps=None, conv=False, gate=False, ffn=False):
+def _run(recipe, mechanism, target=None, extra=(), probe=None, steps=None, conv=False, gate=False, ffn=False,
+         fourier=False):
     """One training run: ``probe`` (see ``budget_probes.py``) patches the model; ``steps``
     replaces ``--steps``; ``conv`` keeps the char-LM recipe's short convolution (the runs
     without it are the layer as it was before it); ``gate``: the layer has an update gate;
-    ``ffn``: the char-LM recipe's SwiGLU feed-forward block (else GELU, hidden 128, as before)."""
+    ``ffn``: the char-LM recipe's SwiGLU feed-forward block (else GELU, hidden 128, as before);
+    ``fourier``: the ListOps recipe's Fourier relative bias (else the bucket table, as before)."""
     return {"recipe": recipe, "mechanism": mechanism, "target": target, "extra": list(extra), "probe": probe,
-            "steps": steps, "conv": conv, "gate": gate, "ffn": ffn}
+            "steps": steps, "conv": conv, "gate": gate, "ffn": ffn, "fourier": fourier}
 
 
 CHARLM, LISTOPS = "seqboat-charlm", "seqboat-listops"
@@ -48,9 +50,15 @@ def _charlm(mechanism, target=None, extra=(), steps=None):
     return _run(CHARLM, mechanism, target, extra, steps=steps, conv=True, gate=True, ffn=True)
 
 
+def _listops(mechanism, target=None, extra=()):
+    """A ListOps run of the recipe as it is: the Fourier relative bias."""
+    return _run(LISTOPS, mechanism, target, extra, fourier=True)
+
+
 RECIPE_GATE = {CHARLM: True, LISTOPS: False}  # update_gate as each recipe sets it
 NO_BIAS = ["--model.relative_bias", "false"]
 OLD_FFN = ["--model.ffn_activation", "gelu", "--model.ffn_hidden", "128"]  # char-LM's cpu preset before SwiGLU
+OLD_BIAS = ["--model.relative_bias", "buckets"]  # the ListOps recipe before the Fourier bias
 RUNS = {
     "charlm-free": _run(CHARLM, "free"),
     "charlm-free-seed1": _run(CHARLM, "free", extra=["--train.seed", "1"]),
@@ -145,6 +153,13 @@ RUNS = {
     "listops-ctl-0.5": _run(LISTOPS, "controller", 0.5),
     "listops-gate-free": _run(LISTOPS, "free", gate=True),
     "listops-gate-ctl-0.25": _run(LISTOPS, "controller", 0.25, gate=True),
+    # the recipe as it is: the Fourier relative bias
+    "listops-fo-free": _listops("free"),
+    "listops-fo-ctl-0.1": _listops("controller", 0.1),
+    "listops-fo-ctl-0.25": _listops("controller", 0.25),
+    "listops-fo-ctl-0.5": _listops("controller", 0.5),
+    "listops-fo-free-seed1": _listops("free", extra=["--train.seed", "1"]),
+    "listops-fo-ctl-0.25-seed1": _listops("controller", 0.25, ["--train.seed", "1"]),
 }
 
 
@@ -157,7 +172,7 @@ def free_run(name: str) -> str:
         if not spec["ffn"] and "--model.ffn_hidden" in spec["extra"]:  # the GELU width probe
             base += "-ffn256"
     else:
-        base = "listops-gate-free" if spec["gate"] else "listops-free"
+        base = "listops-gate-free" if spec["gate"] else "listops-fo-free" if spec["fourier"] else "listops-free"
     extra = spec["extra"]
     if "--model.relative_bias" in extra:  # rotary alone against itself
         base += "-nobias"
@@ -180,6 +195,8 @@ def command(name: str, steps: int, out: Path) -> list[str]:
         cmd += ["--model.update_gate", str(spec["gate"]).lower()]
     if spec["recipe"] == CHARLM and not spec["ffn"]:  # before any later --model.ffn_hidden in extra
         cmd[cmd.index("--no-progress") + 1:cmd.index("--no-progress") + 1] = OLD_FFN
+    if spec["recipe"] == LISTOPS and not spec["fourier"]:  # before the rotary-alone runs' relative_bias false
+        cmd[cmd.index("--no-progress") + 1:cmd.index("--no-progress") + 1] = OLD_BIAS
     if spec["target"] is not None:
         cmd += ["--model.density_target", str(spec["target"]), "--model.density_mode", spec["mechanism"]]
     elif spec["mechanism"] == "free":  # seqboat-listops has a default budget

@@ -50,6 +50,8 @@ def test_rows_compare_with_the_free_run_of_the_same_task_and_length():
     assert budget.free_run("charlm-sw-ctl-0.1-seed1") == "charlm-sw-free-seed1"  # SwiGLU against itself
     assert budget.free_run("charlm-sw-ctl-0.25-1000") == "charlm-sw-free-1000"
     assert budget.free_run("charlm-ug-ctl-0.1-ffn256") == "charlm-ug-free-ffn256"  # the GELU width probe
+    assert budget.free_run("listops-fo-ctl-0.1") == "listops-fo-free"  # the Fourier bias against itself
+    assert budget.free_run("listops-fo-ctl-0.25-seed1") == "listops-fo-free-seed1"
     assert all(budget.free_run(n) in budget.RUNS for n in budget.RUNS)
     summary = {"test": {"bpc": 2.9, "activation": [0.24, 0.31]}, "minutes": 1.0}
     free = {"test": {"bpc": 2.8, "activation": [1.0, 1.0]}, "minutes": 1.0}
@@ -113,7 +115,8 @@ def test_random_router_probe_replaces_the_scores_the_router_uses(monkeypatch):
     assert noisy.std().item() == pytest.approx(3.0, rel=0.2)  # the probe's noise, not the projection
 
 
-@pytest.mark.parametrize("name, bias", [("listops-ctl-0.25", True), ("listops-ctl-0.25-nobias", False),
+@pytest.mark.parametrize("name, bias", [("listops-ctl-0.25", "buckets"), ("listops-ctl-0.25-nobias", False),
+                                        ("listops-fo-ctl-0.25", "fourier"), ("listops-fo-free-seed1", "fourier"),
                                         ("charlm-sw-ctl-0.25", True), ("charlm-sw-ctl-0.25-nobias", False)])
 def test_runs_keep_the_relative_bias_they_were_run_with(name, bias, tmp_path):
-    assert _model_table(name, tmp_path).get("relative_bias", True) is bias
+    assert _model_table(name, tmp_path).get("relative_bias", True) == bias
