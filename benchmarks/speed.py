@@ -5,8 +5,8 @@ Writes ``benchmarks/results/speed.{json,md,png}`` (``speed_quick.*`` with ``--qu
 prints whether each goal of issue 10 holds.
 
 Shapes: the ListOps CPU preset's model (d 64, 2 bidirectional layers, q/k 32, value 128,
-rotary embedding and relative bias at the original positions; ``--rotary-only`` drops the
-bias) with window 128, batch 32, token input, padding (row lengths uniform in
+rotary embedding and the recipe's Fourier relative bias at the original positions;
+``--relative-bias buckets`` measures the bucket table, ``none`` rotary alone) with window 128, batch 32, token input, padding (row lengths uniform in
 ``[L/2, L]``), a classification loss; one step = zero_grad + forward + loss + backward
 (no optimizer).
 
@@ -55,9 +55,12 @@ from common import RESULTS, machine, markdown_table, write  # noqa: E402
 VARIANTS = ("seqboat", "seqboat_full", "mega_chunk", "ema_only", "transformer")
 NAMES = {"seqboat": "SeqBoat", "seqboat_full": "SeqBoat-full", "mega_chunk": "Mega-chunk",
          "ema_only": "EMA-only", "transformer": "Transformer"}
-# the seqboat-listops recipe's cpu preset: rotary and the relative bias (--rotary-only drops the bias)
+# the seqboat-listops recipe's cpu preset: rotary and the Fourier relative bias (--relative-bias changes it)
 SHAPES = dict(vocab_size=16, dim=64, depth=2, n_classes=10, causal=False, window=128, qk_dim=32, value_dim=128,
-              relative_bias=True)
+              relative_bias="fourier")
+BIAS_SUFFIX = {"fourier": "", "buckets": "_buckets", "none": "_rotary"}  # results file of each --relative-bias
+BIAS_WORDS = {"fourier": "rotary and Fourier relative bias", "buckets": "rotary and bucketed relative bias",
+              "none": "rotary alone"}
 RATIOS = (0.1, 0.25, 0.5, 1.0)
 
 
@@ -222,11 +225,11 @@ def main():
                         help="wall (default) or process CPU time (with --threads 1 on a loaded machine)")
     parser.add_argument("--malloc", choices=["system", "heap"], default="system",
                         help="heap: keep freed memory in the process (no page faults per step; glibc only)")
-    parser.add_argument("--rotary-only", action="store_true",
-                        help="positions by rotary embedding alone, without the relative bias (a table lookup per "
-                             "query-key pair); written to speed_rotary.*")
+    parser.add_argument("--relative-bias", choices=list(BIAS_SUFFIX), default="fourier",
+                        help="fourier: the recipe's (extra query/key features, per token); buckets: a table read "
+                             "per query-key pair, written to speed_buckets.*; none: rotary alone, speed_rotary.*")
     args = parser.parse_args()
-    SHAPES["relative_bias"] = not args.rotary_only
+    SHAPES["relative_bias"] = {"none": False}.get(args.relative_bias, args.relative_bias)
     if args.malloc == "heap":
         keep_heap_memory()
     torch.set_num_threads(args.threads)
@@ -266,11 +269,11 @@ def main():
                "ratio_sweep": {str(L): row for L, row in sweep.items()}, "goals": goals}
     # a run with the heap allocator is kept beside the default one, not in its place
     name = (("speed_quick" if args.quick else "speed") + ("_heap" if args.malloc == "heap" else "")
-            + ("_rotary" if args.rotary_only else ""))
+            + BIAS_SUFFIX[args.relative_bias])
     md = ["# Train-step speed (CPU, float32)\n",
           f"{info['device']}, torch {info['torch']}, commit {info['commit']}; load average (1/5/15 min) "
           f"{load_before} before, {load_after} after; B={B}, d 64, 2 bidirectional layers, q/k 32, value 128, "
-          f"window 128, padding, {'rotary alone' if args.rotary_only else 'rotary and relative bias'}; "
+          f"window 128, padding, {BIAS_WORDS[args.relative_bias]}; "
           f"{args.threads} thread(s); malloc {args.malloc}; median {args.metric} ms of "
           "zero_grad + forward + loss + "
           f"backward over {rounds} interleaved rounds ({rounds_at(rounds, 2048)} at 2K, {rounds_at(rounds, 4096)} at 4K; "
