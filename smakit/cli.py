@@ -47,7 +47,11 @@ def _restore(path: str, device: str | None, with_state: bool = False):
     ckpt = checkpoint_file(path)
     state = load_checkpoint(ckpt)
     trainer = Trainer(Recipe.from_dict(state["recipe"]), None, device=device, progress=False)
-    trainer.load_weights(state, ckpt)
+    try:
+        trainer.load_weights(state, ckpt)
+    except BaseException:
+        trainer.close(clean=False)
+        raise
     trainer.step = state["step"]
     return (trainer, ckpt) if with_state else trainer
 
@@ -56,9 +60,16 @@ def cmd_eval(args) -> int:
     from .train.run import format_eval
 
     trainer, ckpt = _restore(args.checkpoint, args.device, with_state=True)
-    report = {"checkpoint": str(ckpt), "recipe": trainer.recipe.name, "preset": trainer.recipe.preset,
-              "step": trainer.step, "parameters": sum(p.numel() for p in trainer.model.parameters()),
-              "metrics": trainer.evaluate(args.split)}
+    done = False
+    try:  # under torchrun every rank scores its shard; rank 0 prints the totals
+        report = {"checkpoint": str(ckpt), "recipe": trainer.recipe.name, "preset": trainer.recipe.preset,
+                  "step": trainer.step, "parameters": sum(p.numel() for p in trainer.model.parameters()),
+                  "metrics": trainer.evaluate(args.split)}
+        done = True
+    finally:
+        trainer.close(clean=done)
+    if not trainer.ctx.is_main:
+        return 0
     if trainer.info.task == "classification":
         from .data import majority_baseline
 
@@ -91,6 +102,9 @@ def cmd_generate(args) -> int:
 
     _check_generate_options(args)
     trainer = _restore(args.checkpoint, args.device)
+    trainer.close()  # generation needs no process group (under torchrun, rank 0 prints)
+    if not trainer.ctx.is_main:
+        return 0
     model = trainer.model.eval()
     if not getattr(model, "lm", False):
         print("generate needs a language-model checkpoint (e.g. seqboat-charlm)", file=sys.stderr)

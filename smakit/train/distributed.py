@@ -118,6 +118,31 @@ def _all_reduce(t: torch.Tensor, patience_s: float = 10.0) -> None:
         time.sleep(1e-4)  # releases the GIL, which the worker needs to drop its reference
 
 
+MAX_MESSAGE_BYTES = 4096
+
+
+def main_verdict(error: BaseException | None, ctx: DistContext) -> None:
+    """Raise on every rank what rank 0 raised (``error``: its exception, or ``None``); call on all ranks.
+
+    For checks only rank 0 makes (the run folder, its lock): without this, rank 0 stops
+    with a one-line error and the others run on into their first collective, which fails
+    with a gloo connection traceback. Rank 0 re-raises its own exception; the others raise
+    ``ValueError`` with its text (cut to 4 KiB).
+    """
+    if ctx.enabled:
+        t = torch.zeros(MAX_MESSAGE_BYTES + 1, dtype=torch.int32, device=ctx.device)
+        if ctx.is_main and error is not None:
+            text = (str(error) or type(error).__name__).encode("utf-8")[:MAX_MESSAGE_BYTES]
+            t[0] = len(text) + 1  # 0 = no error, so an empty message still counts
+            t[1:len(text) + 1] = torch.frombuffer(bytearray(text), dtype=torch.uint8).to(t)
+        _all_reduce(t)  # only rank 0 writes: the sum is its message
+        n = int(t[0])
+        if n and not ctx.is_main:
+            raise ValueError(bytes(t[1:n].tolist()).decode("utf-8", errors="replace"))
+    if error is not None:
+        raise error
+
+
 def any_rank(flags: list[bool], ctx: DistContext) -> list[bool]:
     """Per flag, whether it is set on any rank (so every rank stops at the same step)."""
     if not ctx.enabled:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -181,10 +181,24 @@ class Trainer:
         self.run_dir = None if out_dir is None else RunDir(out_dir, recipe.as_dict())
         self.out = None if out_dir is None else self.run_dir.path
         self.ctx = dist.setup(device)
+        try:
+            self._build(recipe, progress)
+        except BaseException:
+            dist.teardown(self.ctx, clean=False)  # the group this trainer joined ends with it
+            raise
+
+    def _build(self, recipe: Recipe, progress: bool) -> None:
+        """All but joining the group: folder check, data, model, optimiser, resume."""
         self.device = self.ctx.device
         self.progress = progress and self.ctx.is_main
-        if self.run_dir is not None and self.ctx.is_main:
-            self.run_dir.check()
+        if self.run_dir is not None:  # rank 0 checks the folder; every rank stops if it refuses
+            refused = None
+            if self.ctx.is_main:
+                try:
+                    self.run_dir.check()
+                except (ValueError, OSError) as err:
+                    refused = err
+            dist.main_verdict(refused, self.ctx)
         torch.manual_seed(self.cfg.seed)
         self.data = build_datasets(recipe.data)
         if self.run_dir is not None:
@@ -322,11 +336,21 @@ class Trainer:
             out["confusion"] = counts.view(C, C).long().tolist()
         return out
 
+    @contextmanager
     def claim(self):
-        """Context holding the run folder (lock, manifest) on the main process."""
+        """Context holding the run folder (lock, manifest) on the main process; call on every
+        rank: when rank 0 cannot claim it (another run holds the lock), every rank raises."""
         if self.run_dir is None:
             raise ValueError("this trainer has no run folder (out_dir=None): it can only evaluate")
-        return self.run_dir.claimed() if self.ctx.is_main else nullcontext()
+        with ExitStack() as held:
+            refused = None
+            if self.ctx.is_main:
+                try:
+                    held.enter_context(self.run_dir.claimed())
+                except (ValueError, OSError) as err:
+                    refused = err
+            dist.main_verdict(refused, self.ctx)
+            yield
 
     def train(self, until: int | None = None) -> dict:
         """Train to ``max_steps`` (or stop early at step ``until``, as an interruption would).
