@@ -170,13 +170,16 @@ def keep_heap_memory() -> None:
     """glibc only: serve every allocation from the heap and never give it back (``mallopt``).
 
     By default glibc maps each allocation above its threshold (at most 32 MiB) freshly from the
-    kernel and unmaps it on free, so every step at L=4K takes ~1.2M page faults (the kernel
-    zeroing ~5 GB), whose cost varies with the machine's memory state; with this, after the
-    warm-up steps a step takes none. Opt-in (``--malloc heap``): it changes absolute times.
+    kernel and unmaps it on free, so every step at L=4K takes over 100k page faults (the kernel
+    zeroing gigabytes), whose cost varies with the machine's memory state. Here mmap is off
+    (``M_MMAP_MAX`` 0: an ``M_MMAP_THRESHOLD`` above 32 MiB is silently ignored) and the heap
+    is never trimmed (``M_TRIM_THRESHOLD`` the largest ``int``; mallopt takes an ``int``), so
+    after the warm-up steps a step takes almost none. Opt-in (``--malloc heap``): it changes
+    absolute times.
     """
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    if not (libc.mallopt(M_MMAP_THRESHOLD, 2**30) and libc.mallopt(M_TRIM_THRESHOLD, 2**62)):
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):
         raise RuntimeError("mallopt failed: --malloc heap needs glibc")
 
 
