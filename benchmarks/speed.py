@@ -26,7 +26,7 @@ rotary embedding and the recipe's Fourier relative bias at the original position
   median over rounds of SeqBoat / budget computed within each round, which a load change
   between rounds does not move. The goal verdict stays on the medians.
 * ``--malloc heap`` (opt-in, glibc): keep freed memory in the process; at L=4K the default
-  allocator takes ~1.2M page faults a step, a large and machine-state dependent share of it.
+  allocator takes over 100k page faults a step, a large and machine-state dependent share of it.
 """
 
 from __future__ import annotations
