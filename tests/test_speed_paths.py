@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import smakit.modules._blockwise as blockwise_module
-import smakit.modules.attention as attention_module
+import smakit.modules.window_attention as window_module
 from smakit.modules import MultiHeadEMA, fft_causal_conv, local_attention
-from smakit.modules.attention import _blocking, _local_attention_ref
 from smakit.modules.ema import fft_two_sided_conv
 from smakit.modules.position import FourierRelativeBias, RelativePositionBias, relative_bias_ref, relative_bucket
+from smakit.modules.window_attention import _blocking, _local_attention_ref
 from smakit.routing import ThresholdRouter
 
 
@@ -114,7 +114,7 @@ def test_local_attention_matches_dense_reference_fp32(causal, attention, chunked
     positions (a bias per row) or none (slots are positions: one bias shared by all rows);
     the CPU blockwise path and the vectorised one (GPU, compile, autocast, dropout)."""
     if path == "vectorised":
-        monkeypatch.setattr(attention_module, "_blockwise_applies", lambda *a: False)
+        monkeypatch.setattr(window_module, "_blockwise_applies", lambda *a: False)
     else:
         monkeypatch.setattr(blockwise_module, "CHUNK_ELEMS", 40)  # several chunks even at these sizes
     torch.manual_seed(K + window)
@@ -160,7 +160,7 @@ def test_blockwise_bias_table_gradient_in_partial_tables(rows, causal, attention
 def test_shared_bias_equals_per_row_bias(causal, chunked, K, window, path, monkeypatch):
     """No positions (one bias for all rows) == shifted slots as positions (a bias per row)."""
     if path == "vectorised":
-        monkeypatch.setattr(attention_module, "_blockwise_applies", lambda *a: False)
+        monkeypatch.setattr(window_module, "_blockwise_applies", lambda *a: False)
     torch.manual_seed(K)
     q, k, v = (torch.randn(3, K, d, requires_grad=True) for d in (6, 6, 5))
     mask = torch.arange(K) < torch.tensor([[K], [K - 7], [3]])
@@ -178,7 +178,7 @@ def test_far_positions_match_reference():
     """Positions beyond the distance table's limit take the vectorised path, still exact."""
     torch.manual_seed(5)
     q, k, v = (torch.randn(2, 23, 4, requires_grad=True) for _ in range(3))
-    positions = torch.arange(23).expand(2, 23) * 3 + attention_module.MAX_TABLE_POSITION
+    positions = torch.arange(23).expand(2, 23) * 3 + window_module.MAX_TABLE_POSITION
     bias = RelativePositionBias(8, 16, bidirectional=True)
     kw = dict(causal=False, positions=positions, bias=bias)
     assert_same(lambda: local_attention(q, k, v, 3, **kw)[0], lambda: _local_attention_ref(q, k, v, 3, **kw),
@@ -190,11 +190,11 @@ def test_slots_as_positions_take_the_shared_bias():
     mask = torch.arange(6) < torch.tensor([[6], [4]])
     slots = torch.where(mask, torch.arange(6), -1)
     q = torch.zeros(2, 6, 4)
-    assert attention_module._slots_are_positions(slots, mask, q)
-    assert not attention_module._slots_are_positions(torch.where(mask, torch.arange(6) + 1, -1), mask, q)
+    assert window_module._slots_are_positions(slots, mask, q)
+    assert not window_module._slots_are_positions(torch.where(mask, torch.arange(6) + 1, -1), mask, q)
     gaps = slots.clone()
     gaps[1, 3] = 4
-    assert not attention_module._slots_are_positions(gaps, mask, q)
+    assert not window_module._slots_are_positions(gaps, mask, q)
 
 
 @pytest.mark.parametrize("causal", [True, False])
