@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 import torch.distributed as tdist
-from test_cli import LM
+from test_cli import LM, args_of
 from test_train import TINY
 
 from smakit.train.distributed import _all_reduce, setup, teardown
@@ -30,13 +30,6 @@ def torchrun(tmp_path, *cli_args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def tiny_args(**extra) -> list[str]:
-    args = []
-    for k, v in {**TINY, **extra}.items():
-        args += [f"--{k}", json.dumps(v)]
-    return args
-
-
 def assert_every_rank_refused(done: subprocess.CompletedProcess, text: str) -> None:
     """Both ranks stopped with the same one-line error; none crashed in a collective."""
     assert done.returncode != 0
@@ -47,7 +40,7 @@ def assert_every_rank_refused(done: subprocess.CompletedProcess, text: str) -> N
 def test_torchrun_two_processes_train_evaluate_and_checkpoint(tmp_path):
     out = tmp_path / "run"
     done = torchrun(tmp_path, "train", "seqboat-listops", "--out", str(out), "--no-progress",
-                    *tiny_args(**{"train.max_steps": 3, "train.grad_accum": 2}))
+                    *args_of({**TINY, "train.max_steps": 3, "train.grad_accum": 2}))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("test accuracy") == 1  # printed by rank 0 only
     assert done.stdout.count("step 3 val") == 1
@@ -70,7 +63,7 @@ def test_torchrun_two_processes_train_evaluate_and_checkpoint(tmp_path):
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     done = torchrun(tmp_path, "train", "seqboat-listops", "--out", str(out), "--no-progress",
-                    *tiny_args(**{"train.max_steps": 4, "train.grad_accum": 2}))
+                    *args_of({**TINY, "train.max_steps": 4, "train.grad_accum": 2}))
     assert_every_rank_refused(done, f"--out {out} is in use by another smakit train")
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing written
 
@@ -80,7 +73,7 @@ def test_torchrun_refused_run_folder_stops_every_rank_with_one_line(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("not a smakit run")
     done = torchrun(tmp_path, "train", "seqboat-listops", "--out", str(out), "--no-progress",
-                    *tiny_args(**{"train.max_steps": 2}))
+                    *args_of({**TINY, "train.max_steps": 2}))
     assert_every_rank_refused(done, f"--out {out} is not a smakit run folder")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
@@ -91,9 +84,8 @@ def test_torchrun_generate_prints_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SMAKIT_CACHE", str(tmp_path / "cache"))
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 300)
-    args = [a for k, v in LM.items() for a in (f"--{k}", json.dumps(v))]
     assert main(["train", "seqboat-charlm", "--out", str(tmp_path / "lm"), "--no-progress",
-                 "--data.path", str(text), *args]) == 0
+                 "--data.path", str(text), *args_of(LM)]) == 0
     command = ["generate", str(tmp_path / "lm"), "--prompt", "the ", "--length", "8"]
     capsys.readouterr()
     assert main(command) == 0

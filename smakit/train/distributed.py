@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -121,17 +122,24 @@ def _all_reduce(t: torch.Tensor, patience_s: float = 10.0) -> None:
 MAX_MESSAGE_BYTES = 4096
 
 
-def main_verdict(error: BaseException | None, ctx: DistContext) -> None:
-    """Raise on every rank what rank 0 raised (``error``: its exception, or ``None``); call on all ranks.
+def check_on_main(check: Callable[[], object], ctx: DistContext) -> None:
+    """Run ``check`` on rank 0 only; when it raises ``ValueError`` or ``OSError``, every rank
+    raises (call on all ranks).
 
-    For checks only rank 0 makes (the run folder, its lock): without this, rank 0 stops
-    with a one-line error and the others run on into their first collective, which fails
-    with a gloo connection traceback. Rank 0 re-raises its own exception; the others raise
-    ``ValueError`` with its text (cut to 4 KiB).
+    For what only rank 0 does (checking and locking the run folder): without this, rank 0
+    stops with a one-line error and the others run on into their first collective, which
+    fails with a gloo connection traceback. Rank 0 re-raises its own exception; the others
+    raise ``ValueError`` with its text (cut to 4 KiB).
     """
+    error = None
+    if ctx.is_main:
+        try:
+            check()
+        except (ValueError, OSError) as err:
+            error = err
     if ctx.enabled:
         t = torch.zeros(MAX_MESSAGE_BYTES + 1, dtype=torch.int32, device=ctx.device)
-        if ctx.is_main and error is not None:
+        if error is not None:
             text = (str(error) or type(error).__name__).encode("utf-8")[:MAX_MESSAGE_BYTES]
             t[0] = len(text) + 1  # 0 = no error, so an empty message still counts
             t[1:len(text) + 1] = torch.frombuffer(bytearray(text), dtype=torch.uint8).to(t)
